@@ -1,0 +1,100 @@
+"""Settings read from the environment (and an optional ``.env`` file), as seed 001 lists them.
+
+>>> settings = Settings()          # reads DATABASE_URL, DATABASE_POOL_SIZE, ...
+>>> db = DatabaseManager.from_settings(settings)
+
+A bad value fails at start-up with :class:`~aegis_shared.errors.exceptions.ConfigurationError`
+naming the environment variable, instead of a pydantic trace with a lower-case field name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from aegis_shared.errors.exceptions import ConfigurationError
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./aegis.db"
+
+
+class Settings(BaseSettings):
+    """Database settings of an aegis-shared application.
+
+    Every field is read from the environment variable of the same name in upper case
+    (``database_pool_size`` from ``DATABASE_POOL_SIZE``), or passed as a keyword.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
+    )
+
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL; postgresql://, mysql:// and sqlite:// get an async driver.",
+    )
+    database_pool_size: int = Field(20, ge=1, description="Connections kept open in the main pool.")
+    database_max_overflow: int = Field(10, ge=0, description="Extra connections allowed at peak.")
+    database_pool_timeout: float = Field(
+        30.0, gt=0, description="Seconds to wait for a connection."
+    )
+    database_pool_recycle: int = Field(
+        3600, ge=-1, description="Seconds after which a connection is replaced; -1 never."
+    )
+    database_pool_pre_ping: bool = Field(
+        False, description="Test each connection with a round trip before handing it out."
+    )
+    database_retry_attempts: int = Field(3, ge=1, description="Attempts made by @with_db_retry.")
+    database_retry_backoff: float = Field(
+        2.0, ge=1.0, description="Growth factor of the delay between retries."
+    )
+    database_echo: bool = Field(False, description="Log every SQL statement.")
+    database_background_pool_size: int = Field(
+        5, ge=1, description="Connections of the separate pool for background work."
+    )
+    database_background_max_overflow: int = Field(
+        0, ge=0, description="Overflow of the background pool."
+    )
+    database_statement_timeout: float | None = Field(
+        None, gt=0, description="Seconds after which the server cancels a statement; unset: none."
+    )
+    database_max_page_size: int = Field(
+        1000, ge=1, description="Largest limit a repository list() accepts."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _url_parses(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(
+                f"{exc}; expected a URL such as postgresql+asyncpg://user:pass@host/db"
+            ) from exc
+        return value
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigurationError(_describe(exc)) from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "settings"
+        given = error.get("input")
+        problems.append(f"{field.upper()}={given!r} is invalid: {error['msg']}")
+    return (
+        "Invalid database settings: "
+        + "; ".join(problems)
+        + ". Fix the environment variable (or .env entry) and start again."
+    )
+
+
+__all__ = ["DEFAULT_DATABASE_URL", "Settings"]

@@ -1,0 +1,162 @@
+"""The one seam for what differs between PostgreSQL, SQLite and MariaDB at the engine level.
+
+Each backend gets a :class:`DialectProfile` that says how to build its engine and what to
+run on each new connection. Nothing else in the library branches on the backend name for
+engine set-up.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine.interfaces import DBAPIConnection, ExecutionContext
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+_SQLITE_PENDING_BEGIN = "aegis.sqlite_pending_begin"
+_WRITE_PREFIX = re.compile(r"^\s*(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER)\b", re.I)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What a caller asked for, independent of the backend."""
+
+    statement_timeout: float | None = None
+    sqlite_busy_timeout: float = 30.0
+    application_name: str = "aegis-shared"
+    prepared_statement_cache_size: int | None = None
+
+
+class DialectProfile:
+    """Engine set-up for one backend; subclasses override what differs."""
+
+    name = "generic"
+
+    def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
+        """Driver keyword arguments for each new connection."""
+        return {}
+
+    def install(self, engine: AsyncEngine, url: URL, options: EngineOptions) -> None:
+        """Attach connection and transaction events to ``engine``."""
+
+
+class PostgresProfile(DialectProfile):
+    """asyncpg: application name and statement timeout as server settings."""
+
+    name = "postgresql"
+
+    def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
+        settings = {"application_name": options.application_name}
+        if options.statement_timeout:
+            settings["statement_timeout"] = str(int(options.statement_timeout * 1000))
+        args: dict[str, Any] = {"server_settings": settings}
+        if options.prepared_statement_cache_size is not None:
+            # 0 turns server-side prepared statements off, as pgbouncer in transaction
+            # mode requires.
+            args["prepared_statement_cache_size"] = options.prepared_statement_cache_size
+            args["statement_cache_size"] = options.prepared_statement_cache_size
+        return args
+
+
+class MariaDBProfile(DialectProfile):
+    """asyncmy: statement timeout through MariaDB's ``max_statement_time``."""
+
+    name = "mariadb"
+
+    def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
+        return {"charset": "utf8mb4"}
+
+    def install(self, engine: AsyncEngine, url: URL, options: EngineOptions) -> None:
+        timeout = options.statement_timeout
+        if not timeout:
+            return
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _set_timeout(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"SET SESSION max_statement_time={float(timeout)}")
+            cursor.close()
+
+
+class SQLiteProfile(DialectProfile):
+    """aiosqlite as a real embedded database.
+
+    Foreign keys on, WAL (for file databases) and a busy timeout. Python's sqlite3 module
+    would issue its own deferred BEGIN at the first write, too late to wait for the lock, so
+    we switch it off and begin ourselves when the first statement runs: ``BEGIN IMMEDIATE``
+    when that statement writes (the transaction queues for the write lock up front instead
+    of failing with "database is locked"), a plain deferred ``BEGIN`` for reads so readers
+    never wait on writers. A deferred transaction that writes later may still meet a
+    concurrent writer; that surfaces as TransactionConflictError, which @with_db_retry retries.
+    """
+
+    name = "sqlite"
+
+    def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
+        return {"timeout": options.sqlite_busy_timeout}
+
+    def install(self, engine: AsyncEngine, url: URL, options: EngineOptions) -> None:
+        memory = (url.database or ":memory:") == ":memory:"
+        busy_ms = int(options.sqlite_busy_timeout * 1000)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+            if not memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.info[_SQLITE_PENDING_BEGIN] = True
+
+        @event.listens_for(engine.sync_engine, "before_cursor_execute")
+        def _begin_lazily(
+            conn: Connection,
+            cursor: Any,
+            statement: str,
+            parameters: Any,
+            context: ExecutionContext | None,
+            executemany: bool,
+        ) -> None:
+            if not conn.info.pop(_SQLITE_PENDING_BEGIN, False):
+                return
+            writes = bool(_WRITE_PREFIX.match(statement)) or bool(
+                context is not None
+                and any(
+                    getattr(context, flag, False) for flag in ("isinsert", "isupdate", "isdelete")
+                )
+            )
+            begin = conn.connection.dbapi_connection
+            assert begin is not None
+            own = begin.cursor()
+            own.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+            own.close()
+
+        @event.listens_for(engine.sync_engine, "commit")
+        def _on_commit(conn: Connection) -> None:
+            conn.info.pop(_SQLITE_PENDING_BEGIN, None)
+
+        @event.listens_for(engine.sync_engine, "rollback")
+        def _on_rollback(conn: Connection) -> None:
+            conn.info.pop(_SQLITE_PENDING_BEGIN, None)
+
+
+def profile_for(url: URL) -> DialectProfile:
+    """The profile of ``url``'s backend."""
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        return PostgresProfile()
+    if backend in ("mysql", "mariadb"):
+        return MariaDBProfile()
+    if backend == "sqlite":
+        return SQLiteProfile()
+    return DialectProfile()

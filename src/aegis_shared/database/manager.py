@@ -1,0 +1,286 @@
+"""``DatabaseManager``: the engines, the two pools and the standalone session (seed 001)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import MetaData, text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.pool import Pool
+
+from aegis_shared.database.dialects import EngineOptions
+from aegis_shared.database.engine import build_engine
+from aegis_shared.database.repository import MAX_PAGE_SIZE_KEY
+from aegis_shared.database.session import AegisSession, rollback_quietly
+from aegis_shared.database.urls import is_sqlite_memory, normalize_url, safe_url
+from aegis_shared.errors.exceptions import (
+    ConfigurationError,
+    DatabaseError,
+    DatabaseManagerClosedError,
+)
+
+if TYPE_CHECKING:
+    from aegis_shared.config import Settings
+
+logger = logging.getLogger("aegis_shared.database")
+
+
+def _check(name: str, value: float | None, minimum: float) -> None:
+    if value is None or isinstance(value, bool) or value < minimum:
+        raise ConfigurationError(
+            f"DatabaseManager({name}={value!r}) is invalid: it must be a number >= {minimum:g}"
+        )
+
+
+class DatabaseManager:
+    """Owns the connection pools of one database and hands out sessions.
+
+    >>> db = DatabaseManager(database_url="postgresql+asyncpg://user:pw@localhost/app",
+    ...                      pool_size=20, max_overflow=10, pool_timeout=30)
+    >>> async with db.session() as session:   # commits on success, rolls back on error
+    ...     await session.execute("SELECT 1")
+    >>> await db.close()
+
+    Background work (``BackgroundUnitOfWork``, ``get_background_session``) draws from a
+    second, smaller pool, so it still runs while request traffic holds every main
+    connection.
+    """
+
+    def __init__(
+        self,
+        database_url: str | URL,
+        pool_size: int = 20,
+        max_overflow: int = 10,
+        pool_timeout: float = 30,
+        pool_recycle: int = 3600,
+        *,
+        pool_pre_ping: bool = False,
+        echo: bool = False,
+        background_pool_size: int = 5,
+        background_max_overflow: int = 0,
+        statement_timeout: float | None = None,
+        retry_attempts: int = 3,
+        retry_backoff: float = 2.0,
+        max_page_size: int = 1000,
+        prepared_statement_cache_size: int | None = None,
+        connect_args: dict[str, Any] | None = None,
+        engine_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        _check("pool_size", pool_size, 1)
+        _check("max_overflow", max_overflow, 0)
+        _check("pool_timeout", pool_timeout, 0.001)
+        _check("pool_recycle", pool_recycle, -1)
+        _check("background_pool_size", background_pool_size, 1)
+        _check("background_max_overflow", background_max_overflow, 0)
+        _check("retry_attempts", retry_attempts, 1)
+        _check("retry_backoff", retry_backoff, 1)
+        _check("max_page_size", max_page_size, 1)
+        if statement_timeout is not None:
+            _check("statement_timeout", statement_timeout, 0.001)
+        self.url = normalize_url(database_url)
+        self.retry_attempts = retry_attempts
+        self.retry_backoff = retry_backoff
+        self.max_page_size = max_page_size
+        self._closed = False
+        options = EngineOptions(
+            statement_timeout=statement_timeout,
+            sqlite_busy_timeout=max(float(pool_timeout), 5.0),
+            prepared_statement_cache_size=prepared_statement_cache_size,
+        )
+        common: dict[str, Any] = {
+            "pool_timeout": pool_timeout,
+            "pool_recycle": pool_recycle,
+            "pool_pre_ping": pool_pre_ping,
+            "echo": echo,
+            "options": options,
+            "connect_args": connect_args,
+            "engine_kwargs": engine_kwargs,
+        }
+        self._engine = build_engine(
+            self.url, pool_size=pool_size, max_overflow=max_overflow, **common
+        )
+        if is_sqlite_memory(self.url):
+            # A second engine would open a second, empty in-memory database.
+            self._background_engine = self._engine
+        else:
+            self._background_engine = build_engine(
+                self.url,
+                pool_size=background_pool_size,
+                max_overflow=background_max_overflow,
+                **common,
+            )
+        self._sessions = self._sessionmaker(self._engine)
+        self._background_sessions = self._sessionmaker(self._background_engine)
+
+    def _sessionmaker(self, engine: AsyncEngine) -> async_sessionmaker[AegisSession]:
+        # expire_on_commit=False: objects stay readable after commit without a lazy
+        # refresh, which async code cannot do. close_resets_only=False: a closed session
+        # refuses further use instead of silently opening a new connection.
+        return async_sessionmaker(
+            engine,
+            class_=AegisSession,
+            expire_on_commit=False,
+            autoflush=True,
+            close_resets_only=False,
+            info={MAX_PAGE_SIZE_KEY: self.max_page_size},
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> DatabaseManager:
+        """Build a manager from :class:`~aegis_shared.config.Settings` (or the environment)."""
+        if settings is None:
+            from aegis_shared.config import Settings
+
+            settings = Settings()
+        values: dict[str, Any] = {
+            "database_url": settings.database_url,
+            "pool_size": settings.database_pool_size,
+            "max_overflow": settings.database_max_overflow,
+            "pool_timeout": settings.database_pool_timeout,
+            "pool_recycle": settings.database_pool_recycle,
+            "pool_pre_ping": settings.database_pool_pre_ping,
+            "echo": settings.database_echo,
+            "background_pool_size": settings.database_background_pool_size,
+            "background_max_overflow": settings.database_background_max_overflow,
+            "statement_timeout": settings.database_statement_timeout,
+            "retry_attempts": settings.database_retry_attempts,
+            "retry_backoff": settings.database_retry_backoff,
+            "max_page_size": settings.database_max_page_size,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<DatabaseManager {safe_url(self.url)} ({state})>"
+
+    # -- engines and session factories -------------------------------------------------
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise DatabaseManagerClosedError(
+                f"{self!r} was closed with close() and cannot hand out sessions. Create a "
+                "new DatabaseManager (and configure_database() it) instead of reusing this one."
+            )
+
+    @property
+    def dialect_name(self) -> str:
+        """``postgresql``, ``sqlite`` or ``mysql`` (MariaDB)."""
+        return self._engine.dialect.name
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine of the main pool."""
+        self._ensure_open()
+        return self._engine
+
+    @property
+    def background_engine(self) -> AsyncEngine:
+        """The engine of the background pool."""
+        self._ensure_open()
+        return self._background_engine
+
+    @property
+    def session_factory(self) -> async_sessionmaker[AegisSession]:
+        """Factory of sessions on the main pool (the caller owns what it opens)."""
+        self._ensure_open()
+        return self._sessions
+
+    @property
+    def background_session_factory(self) -> async_sessionmaker[AegisSession]:
+        """Factory of sessions on the background pool."""
+        self._ensure_open()
+        return self._background_sessions
+
+    # -- standalone sessions ------------------------------------------------------------
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AegisSession]:
+        """A session that commits when the block ends normally, rolls back when it raises,
+        and is always closed (seed 001)."""
+        async with self._scoped(self.session_factory) as session:
+            yield session
+
+    @asynccontextmanager
+    async def background_session(self) -> AsyncIterator[AegisSession]:
+        """Like :meth:`session`, on the background pool."""
+        async with self._scoped(self.background_session_factory) as session:
+            yield session
+
+    @staticmethod
+    @asynccontextmanager
+    async def _scoped(factory: async_sessionmaker[AegisSession]) -> AsyncIterator[AegisSession]:
+        session = factory()
+        try:
+            yield session
+        except BaseException:
+            await rollback_quietly(session)
+            raise
+        else:
+            await session.commit()
+        finally:
+            await session.close()
+
+    # -- maintenance ----------------------------------------------------------------------
+
+    async def create_all(self, metadata: MetaData) -> None:
+        """Create the tables of ``metadata`` that do not exist yet (for demos and tests;
+        use Alembic migrations in production)."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+
+    async def drop_all(self, metadata: MetaData) -> None:
+        """Drop the tables of ``metadata`` that exist."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(metadata.drop_all)
+
+    async def health_check(self) -> bool:
+        """True when a connection can be taken from the main pool and ``SELECT 1`` answers.
+
+        Never raises for an unreachable database: a health endpoint wants a yes or no.
+        """
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except (DatabaseError, OSError) as exc:
+            logger.warning("database health check failed: %s", exc)
+            return False
+        return True
+
+    def pool_status(self) -> dict[str, dict[str, int]]:
+        """Size, checked-out and overflow connections of the main and background pools."""
+        return {
+            "main": _pool_figures(self._engine.pool),
+            "background": _pool_figures(self._background_engine.pool),
+        }
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    async def close(self) -> None:
+        """Close every pooled connection of both pools; the manager cannot be used after."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._engine.dispose()
+        if self._background_engine is not self._engine:
+            await self._background_engine.dispose()
+
+
+def _pool_figures(pool: Pool) -> dict[str, int]:
+    def figure(name: str) -> int:
+        method = getattr(pool, name, None)
+        return int(method()) if callable(method) else 0
+
+    return {
+        "size": figure("size"),
+        "checked_out": figure("checkedout"),
+        "checked_in": figure("checkedin"),
+        "overflow": max(figure("overflow"), 0),
+    }

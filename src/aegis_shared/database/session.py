@@ -1,0 +1,145 @@
+"""The session class every aegis-shared session is made of.
+
+Two additions to SQLAlchemy's ``AsyncSession``:
+
+* ``session.execute("SELECT ...")`` accepts a plain SQL string, as seed 001 writes it; the
+  string is wrapped in ``text()`` and values go only through bound parameters
+  (``session.execute("SELECT * FROM users WHERE id = :id", {"id": 1})``).
+* ``commit()`` flushes first, so a failure there is known not to have committed; a
+  connection lost during the COMMIT itself raises
+  :class:`~aegis_shared.errors.exceptions.CommitOutcomeUnknownError`. After a successful
+  commit the ``on_commit`` callbacks run (see :class:`~aegis_shared.database.TransactionManager`).
+* Touching an attribute or relationship that was not loaded raises
+  :class:`~aegis_shared.errors.exceptions.RelationshipNotLoadedError`, naming the attribute
+  and the fix, instead of SQLAlchemy's bare ``MissingGreenlet``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Result
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.sql import Executable
+from sqlalchemy.util.concurrency import in_greenlet
+
+from aegis_shared.database import callbacks
+from aegis_shared.errors.exceptions import (
+    CommitOutcomeUnknownError,
+    DatabaseConnectionError,
+    RelationshipNotLoadedError,
+)
+
+
+def as_statement(statement: Executable | str) -> Executable:
+    """``statement`` itself, or a plain SQL string wrapped in ``text()``."""
+    if isinstance(statement, str):
+        return text(statement)
+    return statement
+
+
+class AegisSyncSession(Session):
+    """The synchronous session behind :class:`AegisSession`; accepts SQL strings."""
+
+    def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        """Execute ``statement``; a ``str`` is wrapped in ``text()``."""
+        return super().execute(as_statement(statement), *args, **kwargs)
+
+    def scalar(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        """Execute ``statement`` and return the first column of the first row."""
+        return super().scalar(as_statement(statement), *args, **kwargs)
+
+    def scalars(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        """Execute ``statement`` and return its first column as scalars."""
+        return super().scalars(as_statement(statement), *args, **kwargs)
+
+
+class AegisSession(AsyncSession):
+    """``AsyncSession`` that takes SQL strings and explains unloaded attributes."""
+
+    sync_session_class = AegisSyncSession
+
+    async def execute(
+        self, statement: Executable | str, params: Any = None, **kwargs: Any
+    ) -> Result[Any]:
+        """Execute ``statement`` (a SQLAlchemy statement or a SQL string with ``:name`` params)."""
+        return await super().execute(as_statement(statement), params, **kwargs)
+
+    async def scalar(self, statement: Executable | str, params: Any = None, **kwargs: Any) -> Any:
+        """Execute ``statement`` and return the first column of the first row."""
+        return await super().scalar(as_statement(statement), params, **kwargs)
+
+    async def commit(self) -> None:
+        """Flush, commit, then run the callbacks registered with ``on_commit``."""
+        await self.flush()
+        try:
+            await super().commit()
+        except DatabaseConnectionError as exc:
+            callbacks.discard_all(self)
+            raise CommitOutcomeUnknownError(
+                "The connection was lost while COMMIT was in flight, so the work may or may "
+                "not have been saved. Check before repeating it, or mark the operation "
+                "idempotent (with_db_retry(idempotent=True)) if repeating it is safe.",
+                orig=exc.orig,
+            ) from exc
+        await callbacks.run_committed(self)
+
+    async def rollback(self) -> None:
+        """Roll back the transaction and forget its ``on_commit`` callbacks."""
+        callbacks.discard_all(self)
+        await super().rollback()
+
+    async def close(self) -> None:
+        """Release the connection; uncommitted work is rolled back."""
+        callbacks.discard_all(self)
+        await super().close()
+
+
+def _attribute_name(state: ORMExecuteState) -> str:
+    path = state.loader_strategy_path
+    owner = state.lazy_loaded_from
+    owner_name = owner.class_.__name__ if owner is not None else "object"
+    if path is not None and len(path) >= 2:
+        prop = path[-1]
+        key = getattr(prop, "key", None)
+        if key:
+            return f"{owner_name}.{key}"
+    return owner_name
+
+
+@event.listens_for(AegisSyncSession, "do_orm_execute")
+def _refuse_implicit_io(state: ORMExecuteState) -> None:
+    # A lazy load run from plain async code (not inside SQLAlchemy's greenlet) would fail
+    # with MissingGreenlet once it reaches the driver; fail here first, with the fix.
+    if not (state.is_relationship_load or state.is_column_load) or in_greenlet():
+        return
+    name = _attribute_name(state)
+    attr = name.rsplit(".", 1)[-1]
+    if state.is_relationship_load:
+        raise RelationshipNotLoadedError(
+            f"{name} is not loaded, and async code cannot load it lazily. Load it with the "
+            f"query: .options(selectinload({name})), or await it explicitly: "
+            f"await obj.awaitable_attrs.{attr}"
+        )
+    raise RelationshipNotLoadedError(
+        f"{name} has attributes that are not loaded (expired or deferred), and async code "
+        "cannot load them lazily. Refresh the object first: await session.refresh(obj), "
+        "or keep the session from expiring it (expire_on_commit=False)."
+    )
+
+
+async def rollback_quietly(session: AsyncSession) -> None:
+    """Roll back on the way out of a failed block without hiding the failure that caused it.
+
+    If the connection is already gone, the rollback fails too; that second error says
+    nothing new, so it is logged and the original exception keeps propagating.
+    """
+    try:
+        await session.rollback()
+    except Exception:
+        logging.getLogger("aegis_shared.database").debug(
+            "rollback after a failure also failed", exc_info=True
+        )

@@ -1,0 +1,1 @@
+"""Errors raised by aegis-shared; see :mod:`aegis_shared.errors.exceptions`."""

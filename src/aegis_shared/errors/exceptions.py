@@ -1,0 +1,144 @@
+"""One exception hierarchy for everything the data layer can raise.
+
+Driver and SQLAlchemy errors never reach callers raw: :mod:`aegis_shared.errors.mapping`
+turns them into these classes in one place and chains the original as ``__cause__``
+(and keeps it as ``.orig``), so callers handle PostgreSQL, SQLite and MariaDB alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+class DatabaseError(Exception):
+    """Root of every error raised by the aegis-shared data layer."""
+
+    def __init__(self, message: str, *, orig: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.orig = orig
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigurationError(DatabaseError, ValueError):
+    """A setting or constructor argument has a value the library cannot use."""
+
+
+class DatabaseNotConfiguredError(DatabaseError, RuntimeError):
+    """A default :class:`~aegis_shared.database.DatabaseManager` was needed but none is set."""
+
+
+class DatabaseManagerClosedError(DatabaseError, RuntimeError):
+    """The :class:`~aegis_shared.database.DatabaseManager` was closed and cannot be used."""
+
+
+class UnitOfWorkStateError(DatabaseError, RuntimeError):
+    """A unit of work was used outside its ``async with`` block."""
+
+
+class EntityNotFoundError(DatabaseError, LookupError):
+    """No row of the given entity has the given id.
+
+    ``EntityNotFoundError("User", 42)`` reads "User with id 42 not found".
+    """
+
+    def __init__(self, entity: str | type[Any], entity_id: Any) -> None:
+        name = entity if isinstance(entity, str) else entity.__name__
+        self.entity = name
+        self.entity_id = entity_id
+        super().__init__(f"{name} with id {entity_id} not found")
+
+
+class IntegrityViolationError(DatabaseError):
+    """A constraint of the database rejected the write; nothing of the statement was written.
+
+    ``constraint`` is the constraint's name where the driver reports it, ``columns``
+    the columns involved where they are known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        constraint: str | None = None,
+        columns: Sequence[str] = (),
+        table: str | None = None,
+        orig: BaseException | None = None,
+    ) -> None:
+        super().__init__(message, orig=orig)
+        self.constraint = constraint
+        self.columns = tuple(columns)
+        self.table = table
+
+
+class DuplicateEntityError(IntegrityViolationError):
+    """A unique or primary-key constraint rejected a duplicate value."""
+
+
+class ForeignKeyViolationError(IntegrityViolationError):
+    """A foreign key rejected the write: the referenced row is missing, or still referenced."""
+
+
+class NotNullViolationError(IntegrityViolationError):
+    """A NOT NULL column was given no value."""
+
+
+class CheckViolationError(IntegrityViolationError):
+    """A CHECK constraint rejected the value."""
+
+
+class DatabaseConnectionError(DatabaseError):
+    """The database could not be reached, or the connection broke during the work."""
+
+
+class CommitOutcomeUnknownError(DatabaseConnectionError):
+    """The connection dropped while COMMIT was in flight: the work may or may not be saved.
+
+    Retrying blindly could apply the work twice, so :func:`~aegis_shared.database.with_db_retry`
+    retries this only when the caller declares the work idempotent.
+    """
+
+
+class TransactionConflictError(DatabaseError):
+    """Concurrent transactions collided (serialization failure, deadlock, lock wait timeout,
+    SQLite busy). Retrying the whole transaction usually succeeds."""
+
+
+class PoolTimeoutError(DatabaseError):
+    """No pooled connection became free within ``pool_timeout`` seconds."""
+
+
+class QueryTimeoutError(DatabaseError):
+    """The statement ran longer than the configured statement timeout and was cancelled."""
+
+
+class RelationshipNotLoadedError(DatabaseError, AttributeError):
+    """An attribute that was not loaded was touched where async code cannot load it lazily.
+
+    Raised instead of SQLAlchemy's ``MissingGreenlet``; the message names the attribute
+    and the fix (eager loading with ``selectinload`` or ``await obj.awaitable_attrs.<name>``).
+    """
+
+
+__all__ = [
+    "CheckViolationError",
+    "CommitOutcomeUnknownError",
+    "ConfigurationError",
+    "DatabaseConnectionError",
+    "DatabaseError",
+    "DatabaseManagerClosedError",
+    "DatabaseNotConfiguredError",
+    "DuplicateEntityError",
+    "EntityNotFoundError",
+    "ForeignKeyViolationError",
+    "IntegrityViolationError",
+    "NotNullViolationError",
+    "PoolTimeoutError",
+    "QueryTimeoutError",
+    "RelationshipNotLoadedError",
+    "TransactionConflictError",
+    "UnitOfWorkStateError",
+]
