@@ -246,8 +246,16 @@ class BaseRepository(Generic[ModelT]):
     async def get_by_id(
         self, id: Any, *, options: Sequence[ORMOption] | None = None
     ) -> ModelT | None:
-        """The row with primary key ``id``, or ``None``."""
-        return await self.session.get(self.model, id, options=options)
+        """The row with primary key ``id``, or ``None``.
+
+        With ``options`` (``selectinload(...)``) the row is read again even if this session
+        already holds it, so the requested relationships are really loaded.
+        """
+        if options:
+            return await self.session.get(
+                self.model, id, options=options, populate_existing=True
+            )
+        return await self.session.get(self.model, id)
 
     async def get_one(self, id: Any, *, options: Sequence[ORMOption] | None = None) -> ModelT:
         """The row with primary key ``id``; raises ``EntityNotFoundError`` if there is none."""
