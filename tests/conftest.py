@@ -22,6 +22,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from aegis_shared.database import DatabaseManager, configure_database, reset_database
 from tests.models import Base
 
+pytest_plugins = ("pytester",)
+
 POSTGRES_ADMIN = os.environ.get(
     "AEGIS_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )

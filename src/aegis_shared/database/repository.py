@@ -189,7 +189,7 @@ class BaseRepository(Generic[ModelT]):
         with its generated id."""
         instance = self._build(entity)
         self.session.add(instance)
-        await self.session.flush([instance])
+        await self.session.flush()
         return instance
 
     async def create_many(self, entities: Iterable[ModelT | Mapping[str, Any]]) -> list[ModelT]:
@@ -197,7 +197,7 @@ class BaseRepository(Generic[ModelT]):
         instances = [self._build(entity) for entity in entities]
         if instances:
             self.session.add_all(instances)
-            await self.session.flush(instances)
+            await self.session.flush()
         return instances
 
     async def update(self, id: Any, **fields: Any) -> ModelT:
@@ -212,7 +212,7 @@ class BaseRepository(Generic[ModelT]):
         instance = await self.get_one(id)
         for name, value in values.items():
             setattr(instance, name, value)
-        await self.session.flush([instance])
+        await self.session.flush()
         return instance
 
     def _deleted_at(self) -> InstrumentedAttribute[Any]:
@@ -239,7 +239,7 @@ class BaseRepository(Generic[ModelT]):
         """Delete the row with ``id`` (ORM cascades apply); raises ``EntityNotFoundError``."""
         instance = await self.get_one(id)
         await self.session.delete(instance)
-        await self.session.flush([instance])
+        await self.session.flush()
 
     # -- reads ----------------------------------------------------------------------------
 
