@@ -15,8 +15,8 @@ from sqlalchemy.orm import selectinload
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aegis_shared.config import Settings  # noqa: E402
-from aegis_shared.database import (  # noqa: E402
+from aegis_shared.config import Settings
+from aegis_shared.database import (
     BackgroundUnitOfWork,
     BaseRepository,
     DatabaseManager,
@@ -25,12 +25,12 @@ from aegis_shared.database import (  # noqa: E402
     configure_database,
     with_db_retry,
 )
-from aegis_shared.errors.exceptions import (  # noqa: E402
+from aegis_shared.errors.exceptions import (
     DuplicateEntityError,
     EntityNotFoundError,
     RelationshipNotLoadedError,
 )
-from examples.quickstart_models import Base, Policy, User, UserAccessLog  # noqa: E402
+from examples.quickstart_models import Base, Policy, User, UserAccessLog
 
 
 class UserRepository(BaseRepository[User]):

@@ -7,7 +7,7 @@ from sqlalchemy.orm import selectinload
 
 from aegis_shared.database import DatabaseManager
 from aegis_shared.testing import assert_max_queries, count_queries, isolated_session
-from tests.models import Comment, Post, PostRepository, User, UserRepository
+from tests.models import Comment, Post, PostRepository, UserRepository
 
 
 async def test_isolated_session_rolls_back_committed_work(db: DatabaseManager) -> None:
@@ -36,10 +36,10 @@ async def test_assert_max_queries_catches_n_plus_one(db: DatabaseManager) -> Non
 
     async with db.session() as session:
         posts = PostRepository(session)
-        with pytest.raises(AssertionError, match="expected at most 1 SQL statements, 4 were"):
-            with assert_max_queries(1, db):
-                for post in await posts.list():
-                    await post.awaitable_attrs.comments
+        too_many = pytest.raises(AssertionError, match="expected at most 1 SQL statements, 4 were")
+        with too_many, assert_max_queries(1, db):
+            for post in await posts.list():
+                await post.awaitable_attrs.comments
 
 
 async def test_count_queries_uses_default_manager(db: DatabaseManager) -> None:

@@ -34,6 +34,12 @@ class _TranslatingQueuePool(AsyncAdaptedQueuePool):
                 "DATABASE_POOL_TIMEOUT.",
                 orig=exc,
             ) from exc
+        except OSError as exc:
+            # asyncpg reports a refused or timed-out connect as a bare OSError, which is no
+            # DBAPI error, so the handle_error hook never sees it.
+            translated = translate_dbapi_error(exc, is_disconnect=True)
+            assert translated is not None
+            raise translated from exc
 
 
 def _translate(context: ExceptionContext) -> BaseException | None:

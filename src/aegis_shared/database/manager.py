@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.pool import Pool
 
@@ -246,7 +247,7 @@ class DatabaseManager:
         try:
             async with self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-        except (DatabaseError, OSError) as exc:
+        except (DatabaseError, SQLAlchemyError, OSError) as exc:
             logger.warning("database health check failed: %s", exc)
             return False
         return True

@@ -20,7 +20,7 @@ neither argument       opened here, committed on   yes
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
 from typing import Any, TypeVar, overload
 
@@ -38,7 +38,93 @@ S6 = TypeVar("S6")
 
 #: A service provider: ``async def p(session): yield Service(session)``, or any callable
 #: (a class included) taking the session and returning the service.
-Provider = Callable[[AsyncSession], AsyncGenerator[S1, None]] | Callable[[AsyncSession], S1]
+Provider = (
+    Callable[[AsyncSession], AsyncGenerator[S1, None]]
+    | Callable[[AsyncSession], Awaitable[S1]]
+    | Callable[[AsyncSession], S1]
+)
+#: An async provider only (async generator, or coroutine function returning the service).
+#: It also matches the plain-callable arm of ``Provider``, so mypy cannot infer its service
+#: from ``Provider`` (it falls back to ``Any``); the overloads taking only these come first
+#: and give async providers their service types.
+AsyncProvider = (
+    Callable[[AsyncSession], AsyncGenerator[S1, None]] | Callable[[AsyncSession], Awaitable[S1]]
+)
+
+
+@overload
+def provide_services(
+    p1: AsyncProvider[S1],
+    /,
+    *,
+    session: AsyncSession | None = None,
+    connection: Any = None,
+) -> AbstractAsyncContextManager[tuple[S1]]: ...
+
+
+@overload
+def provide_services(
+    p1: AsyncProvider[S1],
+    p2: AsyncProvider[S2],
+    /,
+    *,
+    session: AsyncSession | None = None,
+    connection: Any = None,
+) -> AbstractAsyncContextManager[tuple[S1, S2]]: ...
+
+
+@overload
+def provide_services(
+    p1: AsyncProvider[S1],
+    p2: AsyncProvider[S2],
+    p3: AsyncProvider[S3],
+    /,
+    *,
+    session: AsyncSession | None = None,
+    connection: Any = None,
+) -> AbstractAsyncContextManager[tuple[S1, S2, S3]]: ...
+
+
+@overload
+def provide_services(
+    p1: AsyncProvider[S1],
+    p2: AsyncProvider[S2],
+    p3: AsyncProvider[S3],
+    p4: AsyncProvider[S4],
+    /,
+    *,
+    session: AsyncSession | None = None,
+    connection: Any = None,
+) -> AbstractAsyncContextManager[tuple[S1, S2, S3, S4]]: ...
+
+
+@overload
+def provide_services(
+    p1: AsyncProvider[S1],
+    p2: AsyncProvider[S2],
+    p3: AsyncProvider[S3],
+    p4: AsyncProvider[S4],
+    p5: AsyncProvider[S5],
+    /,
+    *,
+    session: AsyncSession | None = None,
+    connection: Any = None,
+) -> AbstractAsyncContextManager[tuple[S1, S2, S3, S4, S5]]: ...
+
+
+@overload
+def provide_services(
+    p1: AsyncProvider[S1],
+    p2: AsyncProvider[S2],
+    p3: AsyncProvider[S3],
+    p4: AsyncProvider[S4],
+    p5: AsyncProvider[S5],
+    p6: AsyncProvider[S6],
+    /,
+    *,
+    session: AsyncSession | None = None,
+    connection: Any = None,
+) -> AbstractAsyncContextManager[tuple[S1, S2, S3, S4, S5, S6]]: ...
 
 
 @overload

@@ -13,10 +13,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Select, func, inspect, select
+from sqlalchemy import Column, ColumnElement, Select, Table, func, insert, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, Mapper
+from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.interfaces import ORMOption
+from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.sql.compiler import InsertmanyvaluesSentinelOpts
+from sqlalchemy.sql.elements import ClauseElement
 
 from aegis_shared.errors.exceptions import EntityNotFoundError
 from aegis_shared.models.types import UTCDateTime
@@ -193,14 +197,114 @@ class BaseRepository(Generic[ModelT]):
         return instance
 
     async def create_many(self, entities: Iterable[ModelT | Mapping[str, Any]]) -> list[ModelT]:
-        """Add many rows in one flush: one INSERT per batch of rows, never one per row."""
+        """Add many rows: one INSERT per batch of rows, never one per row.
+
+        New rows of a model with an auto-incremented id go out as multi-row
+        ``INSERT ... RETURNING`` statements (a batch holds up to the driver's page size,
+        1000 rows by default), because the ORM's flush sends one statement per row on SQLite,
+        which cannot return the rows of a multi-row INSERT in order. The instances come back
+        persistent in the session with their ids and defaults, as after a flush. Anything
+        else (relationships set, ids given, insert or flush events, ...) is flushed normally.
+        """
         instances = [self._build(entity) for entity in entities]
-        if instances:
+        if not instances:
+            return instances
+        batches = self._insert_batches(instances)
+        if batches is None:
             self.session.add_all(instances)
             await self.session.flush()
+        else:
+            for batch in batches:
+                await self._insert_batch(batch)
         return instances
 
-    async def update(self, id: Any, **fields: Any) -> ModelT:
+    def _table_columns(self) -> list[tuple[str, Column[Any]]]:
+        table = self._mapper.local_table
+        return [
+            (prop.key, column)
+            for prop in self._mapper.column_attrs
+            for column in prop.columns[:1]
+            if isinstance(column, Column) and column.table is table
+        ]
+
+    def _insert_batches(
+        self, instances: list[ModelT]
+    ) -> list[list[tuple[InstanceState[Any], dict[str, Any]]]] | None:
+        """The rows for :meth:`_insert_batch`, grouped by the columns they set, or ``None``
+        when the instances need the ORM's flush."""
+        mapper, table = self._mapper, self._mapper.local_table
+        flush_events = self.session.sync_session.dispatch
+        if (
+            mapper.inherits is not None
+            or not isinstance(table, Table)
+            or mapper.version_id_col is not None
+            or mapper.dispatch.before_insert
+            or mapper.dispatch.after_insert
+            or flush_events.before_flush
+            or flush_events.after_flush
+            or table.autoincrement_column is None
+            or list(table.primary_key.columns) != [table.autoincrement_column]
+            or not self.session.get_bind(mapper=mapper).dialect.insert_executemany_returning
+            or len({id(instance) for instance in instances}) != len(instances)
+        ):
+            return None
+        columns = self._table_columns()
+        groups: dict[tuple[str, ...], list[tuple[InstanceState[Any], dict[str, Any]]]] = {}
+        for instance in instances:
+            state = instance_state(instance)
+            if not state.transient:
+                return None
+            for rel in mapper.relationships:
+                related = state.dict.get(rel.key)
+                if related is not None and (not rel.uselist or len(related)):
+                    return None
+            row: dict[str, Any] = {}
+            for key, column in columns:
+                value = state.dict.get(key)
+                if column.primary_key and value is not None:
+                    return None
+                if isinstance(value, ClauseElement) or hasattr(value, "__clause_element__"):
+                    return None
+                if value is None and not (key in state.dict and column.type.should_evaluate_none):
+                    if not (column.primary_key or column.default or column.server_default):
+                        row[column.key] = None  # an explicit NULL, as the ORM's flush sends
+                    continue
+                row[column.key] = value
+            groups.setdefault(tuple(sorted(row)), []).append((state, row))
+        return list(groups.values())
+
+    async def _insert_batch(self, batch: list[tuple[InstanceState[Any], dict[str, Any]]]) -> None:
+        """INSERT ... RETURNING the rows of one group, then make their instances persistent."""
+        columns = self._table_columns()
+        table = self._mapper.local_table
+        assert isinstance(table, Table) and table.autoincrement_column is not None
+        dialect = self.session.get_bind(mapper=self._mapper).dialect
+        # PostgreSQL and MariaDB return the rows in parameter order; SQLite cannot, so there
+        # rows are matched by id, which it hands out in ascending order of the VALUES rows.
+        ordered = bool(
+            dialect.insertmanyvalues_implicit_sentinel
+            & InsertmanyvaluesSentinelOpts.ANY_AUTOINCREMENT
+        )
+        statement = insert(table).returning(
+            *(column for _, column in columns), sort_by_parameter_order=ordered
+        )
+        result = await self.session.execute(statement, [row for _, row in batch])
+        rows = list(result.all())
+        if len(rows) != len(batch):
+            raise RuntimeError(f"INSERT of {len(batch)} {self._name} rows returned {len(rows)}")
+        if not ordered:
+            pk = next(i for i, (_, c) in enumerate(columns) if c is table.autoincrement_column)
+            rows.sort(key=lambda returned: returned[pk])
+        for (state, _), returned in zip(batch, rows, strict=True):
+            for index, (key, _) in enumerate(columns):
+                set_committed_value(state.obj(), key, returned[index])
+        states = {state for state, _ in batch}
+        self.session.add_all([state.obj() for state, _ in batch])
+        # What a flush does with the rows it inserted: persistent, in the identity map, and
+        # expunged again (transient) if the transaction rolls back.
+        self.session.sync_session._register_persistent(states)
+
+    async def update(self, id: Any, /, **fields: Any) -> ModelT:
         """Set ``fields`` on the row with ``id`` and flush; raises ``EntityNotFoundError``."""
         if not fields:
             raise ValueError(f"update() of {self._name} needs at least one field to set")

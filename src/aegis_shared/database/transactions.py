@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from aegis_shared.database import callbacks
 from aegis_shared.database.callbacks import OnCommitCallback
+from aegis_shared.database.session import rollback_quietly
 
 _DEPTH = "aegis.transaction_depth"
 
@@ -57,11 +58,12 @@ class TransactionManager:
     async def _outermost(self) -> AsyncIterator[None]:
         try:
             yield
+            # Inside the try: a COMMIT (or its flush) that fails rolls back like the block.
+            await self.session.commit()
         except BaseException:
             callbacks.discard_all(self.session)
-            await self.session.rollback()
+            await rollback_quietly(self.session)
             raise
-        await self.session.commit()
         # An AegisSession already ran them in commit(); a plain AsyncSession did not.
         await callbacks.run_committed(self.session)
 
@@ -71,6 +73,8 @@ class TransactionManager:
         callbacks.push_frame(self.session)
         try:
             yield
+            # A flush that fails at the end of the block fails the block, like one inside it.
+            await self.session.flush()
         except BaseException:
             callbacks.drop_frame(self.session)
             # Also when a failed flush already deactivated it: only rollback() closes the

@@ -33,13 +33,8 @@ _PG_NOT_NULL = "23502"
 _PG_CHECK = "23514"
 _PG_CONFLICT = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
 _PG_QUERY_CANCELED = "57014"
-_PG_CONNECTION_CLASSES = (
-    "08",
-    "57P01",
-    "57P02",
-    "57P03",
-    "53300",
-)  # connection, shutdown, too many
+# connection, shutdown, too many connections, bad login ("28"), no such database
+_PG_CONNECTION_CLASSES = ("08", "57P01", "57P02", "57P03", "53300", "28", "3D000")
 
 # MariaDB / MySQL server and client error numbers.
 _MY_DUPLICATE = {1062, 1586}
@@ -49,6 +44,10 @@ _MY_CHECK = {3819, 4025}
 _MY_CONFLICT = {1205, 1213}  # lock wait timeout, deadlock
 _MY_QUERY_TIMEOUT = {1969, 3024}  # MariaDB max_statement_time, MySQL max_execution_time
 _MY_CONNECTION = {
+    1044,  # access denied to the database
+    1045,  # bad user or password
+    1049,  # no such database
+    1698,  # access denied (unix_socket plugin)
     1040,
     1042,
     1043,
@@ -75,6 +74,7 @@ _SQLITE_FOREIGN_KEY = 787
 _SQLITE_NOT_NULL = 1299
 _SQLITE_CHECK = 275
 _SQLITE_BUSY_PRIMARY = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED and their extended codes
+_SQLITE_CANTOPEN = 14  # the database file cannot be opened (and its extended codes)
 
 _SQLITE_COLUMNS = re.compile(r"constraint failed: (.+)$")
 _MY_KEY = re.compile(r"for key '([^']+)'")
@@ -299,6 +299,8 @@ def _from_sqlite(code: int | None, error: BaseException) -> DatabaseError | None
         )
     if code == _SQLITE_CHECK or "CHECK constraint failed" in detail:
         return _integrity(CheckViolationError, "Check constraint violated", detail, error)
+    if code is not None and code & 0xFF == _SQLITE_CANTOPEN:
+        return _connection_error(detail, error)
     if (code is not None and code & 0xFF in _SQLITE_BUSY_PRIMARY) or "database is locked" in detail:
         return TransactionConflictError(
             f"Transaction conflict (SQLite busy): {detail}. Retry the whole transaction, "
