@@ -101,6 +101,18 @@ def db_url(server_urls: dict[str, URL | str], backend: str) -> URL:
     return _url_for(server_urls, backend)
 
 
+async def _drop_every_table(manager: DatabaseManager) -> None:
+    """Drop whatever an earlier test (or run) left, whichever metadata it came from."""
+
+    def drop(connection: Any) -> None:
+        existing = MetaData()
+        existing.reflect(connection)
+        existing.drop_all(connection)
+
+    async with manager.engine.begin() as conn:
+        await conn.run_sync(drop)
+
+
 MakeDb = Callable[..., Awaitable[DatabaseManager]]
 
 
@@ -115,8 +127,8 @@ async def make_db(db_url: URL) -> AsyncIterator[MakeDb]:
         manager = DatabaseManager(db_url, **kwargs)
         managers.append(manager)
         if not managers[:-1]:
+            await _drop_every_table(manager)
             for metadata in metadatas or (Base.metadata,):
-                await manager.drop_all(metadata)
                 await manager.create_all(metadata)
         if default:
             configure_database(manager)
