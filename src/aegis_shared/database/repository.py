@@ -33,6 +33,13 @@ Filters = Mapping[str, Any]
 OrderBy = str | ColumnElement[Any] | InstrumentedAttribute[Any]
 
 
+def _whole_number(name: str, value: Any, minimum: int) -> int:
+    """``value`` if it is an int (not a bool) of at least ``minimum``; else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Page(Generic[ItemT]):
     """One page of a listing and the total number of matching rows."""
@@ -129,8 +136,7 @@ class BaseRepository(Generic[ModelT]):
         if limit is None:
             return self.default_limit
         cap = self.max_limit or int(self.session.info.get(MAX_PAGE_SIZE_KEY, 1000))
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ValueError(f"limit must be a whole number >= 0, got {limit!r}")
+        _whole_number("limit", limit, 0)
         if limit > cap:
             raise ValueError(
                 f"limit {limit} is above the maximum of {cap} rows per call; page through "
@@ -140,9 +146,7 @@ class BaseRepository(Generic[ModelT]):
 
     @staticmethod
     def _skip(skip: int) -> int:
-        if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
-            raise ValueError(f"skip must be a whole number >= 0, got {skip!r}")
-        return skip
+        return _whole_number("skip", skip, 0)
 
     def _ordering(self, order_by: OrderBy | Sequence[OrderBy] | None) -> list[Any]:
         if order_by is None:
@@ -419,10 +423,8 @@ class BaseRepository(Generic[ModelT]):
         options: Sequence[ORMOption] | None = None,
     ) -> Page[ModelT]:
         """Page ``page`` (from 1) of ``page_size`` rows, with the total count."""
-        if isinstance(page, bool) or not isinstance(page, int) or page < 1:
-            raise ValueError(f"page must be a whole number >= 1, got {page!r}")
-        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
-            raise ValueError(f"page_size must be a whole number >= 1, got {page_size!r}")
+        _whole_number("page", page, 1)
+        _whole_number("page_size", page_size, 1)
         size = self._limit(page_size)
         items = await self.list(
             skip=(page - 1) * size, limit=size, filters=filters, order_by=order_by, options=options
