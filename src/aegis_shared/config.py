@@ -62,6 +62,14 @@ class Settings(BaseSettings):
     database_max_page_size: int = Field(
         1000, ge=1, description="Largest limit a repository list() accepts."
     )
+    database_prepared_statements: bool = Field(
+        True,
+        description="Server-side prepared statements on PostgreSQL; false behind pgbouncer "
+        "in transaction mode.",
+    )
+    database_fast_path: bool = Field(
+        True, description="Lean driver-level reads for get_by_id, list and count."
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -8,6 +8,7 @@ engine set-up.
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.engine.interfaces import DBAPIConnection, ExecutionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
 _SQLITE_PENDING_BEGIN = "aegis.sqlite_pending_begin"
 _WRITE_PREFIX = re.compile(r"^\s*(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER)\b", re.I)
@@ -29,6 +30,7 @@ class EngineOptions:
     sqlite_busy_timeout: float = 30.0
     application_name: str = "aegis-shared"
     prepared_statement_cache_size: int | None = None
+    prepared_statements: bool = True
 
 
 class DialectProfile:
@@ -38,6 +40,10 @@ class DialectProfile:
 
     def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
         """Driver keyword arguments for each new connection."""
+        return {}
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """Extra ``create_async_engine`` arguments."""
         return {}
 
     def install(self, engine: AsyncEngine, url: URL, options: EngineOptions) -> None:
@@ -54,12 +60,22 @@ class PostgresProfile(DialectProfile):
         if options.statement_timeout:
             settings["statement_timeout"] = str(int(options.statement_timeout * 1000))
         args: dict[str, Any] = {"server_settings": settings}
-        if options.prepared_statement_cache_size is not None:
-            # 0 turns server-side prepared statements off, as pgbouncer in transaction
-            # mode requires.
+        if not options.prepared_statements:
+            # Behind pgbouncer in transaction mode a named prepared statement may land on
+            # another server connection. With both caches at 0, asyncpg (the fast path)
+            # uses only the unnamed statement, and SQLAlchemy's adapter names each of its
+            # one-off statements uniquely so two clients never collide.
+            args["prepared_statement_cache_size"] = 0
+            args["statement_cache_size"] = 0
+            args["prepared_statement_name_func"] = _unique_statement_name
+        elif options.prepared_statement_cache_size is not None:
             args["prepared_statement_cache_size"] = options.prepared_statement_cache_size
             args["statement_cache_size"] = options.prepared_statement_cache_size
         return args
+
+
+def _unique_statement_name() -> str:
+    return f"__aegis_{uuid.uuid4().hex}__"
 
 
 class MariaDBProfile(DialectProfile):
@@ -99,9 +115,23 @@ class SQLiteProfile(DialectProfile):
     def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
         return {"timeout": options.sqlite_busy_timeout}
 
+    def engine_kwargs(self) -> dict[str, Any]:
+        # The pool's own reset sends a rollback through aiosqlite's thread even when no
+        # transaction is open; _reset_if_needed below rolls back only when one is.
+        return {"pool_reset_on_return": None}
+
     def install(self, engine: AsyncEngine, url: URL, options: EngineOptions) -> None:
         memory = (url.database or ":memory:") == ":memory:"
         busy_ms = int(options.sqlite_busy_timeout * 1000)
+
+        @event.listens_for(engine.sync_engine, "reset")
+        def _reset_if_needed(
+            dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState
+        ) -> None:
+            if state.terminate_only or state.transaction_was_reset or not state.asyncio_safe:
+                return
+            if dbapi_connection.driver_connection.in_transaction:
+                dbapi_connection.rollback()
 
         @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:

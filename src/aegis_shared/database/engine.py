@@ -73,6 +73,7 @@ def build_engine(
     options = options or EngineOptions()
     profile = profile_for(url)
     kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": pool_pre_ping}
+    kwargs.update(profile.engine_kwargs())
     if is_sqlite_memory(url):
         # Every connection to :memory: is a new, empty database: keep exactly one.
         kwargs["poolclass"] = StaticPool

@@ -15,6 +15,7 @@ from sqlalchemy.pool import Pool
 
 from aegis_shared.database.dialects import EngineOptions
 from aegis_shared.database.engine import build_engine
+from aegis_shared.database.fast_path import FAST_PATH_ENGINE_KEY
 from aegis_shared.database.repository import MAX_PAGE_SIZE_KEY
 from aegis_shared.database.session import AegisSession, rollback_quietly
 from aegis_shared.database.urls import is_sqlite_memory, normalize_url, safe_url
@@ -68,6 +69,8 @@ class DatabaseManager:
         retry_backoff: float = 2.0,
         max_page_size: int = 1000,
         prepared_statement_cache_size: int | None = None,
+        prepared_statements: bool = True,
+        fast_path: bool = True,
         connect_args: dict[str, Any] | None = None,
         engine_kwargs: dict[str, Any] | None = None,
     ) -> None:
@@ -86,11 +89,13 @@ class DatabaseManager:
         self.retry_attempts = retry_attempts
         self.retry_backoff = retry_backoff
         self.max_page_size = max_page_size
+        self.fast_path = fast_path
         self._closed = False
         options = EngineOptions(
             statement_timeout=statement_timeout,
             sqlite_busy_timeout=max(float(pool_timeout), 5.0),
             prepared_statement_cache_size=prepared_statement_cache_size,
+            prepared_statements=prepared_statements,
         )
         common: dict[str, Any] = {
             "pool_timeout": pool_timeout,
@@ -121,13 +126,16 @@ class DatabaseManager:
         # expire_on_commit=False: objects stay readable after commit without a lazy
         # refresh, which async code cannot do. close_resets_only=False: a closed session
         # refuses further use instead of silently opening a new connection.
+        info: dict[str, Any] = {MAX_PAGE_SIZE_KEY: self.max_page_size}
+        if self.fast_path:
+            info[FAST_PATH_ENGINE_KEY] = engine
         return async_sessionmaker(
             engine,
             class_=AegisSession,
             expire_on_commit=False,
             autoflush=True,
             close_resets_only=False,
-            info={MAX_PAGE_SIZE_KEY: self.max_page_size},
+            info=info,
         )
 
     @classmethod
@@ -151,6 +159,8 @@ class DatabaseManager:
             "retry_attempts": settings.database_retry_attempts,
             "retry_backoff": settings.database_retry_backoff,
             "max_page_size": settings.database_max_page_size,
+            "prepared_statements": settings.database_prepared_statements,
+            "fast_path": settings.database_fast_path,
         }
         values.update(overrides)
         return cls(**values)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
-from sqlalchemy import Column, ColumnElement, Select, Table, func, insert, inspect, select
+from sqlalchemy import Column, ColumnElement, Table, func, insert, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, Mapper
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
@@ -22,6 +22,7 @@ from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.compiler import InsertmanyvaluesSentinelOpts
 from sqlalchemy.sql.elements import ClauseElement
 
+from aegis_shared.database import fast_path
 from aegis_shared.errors.exceptions import EntityNotFoundError
 from aegis_shared.models.types import UTCDateTime
 
@@ -360,10 +361,32 @@ class BaseRepository(Generic[ModelT]):
         already holds it, so the requested relationships are really loaded.
         """
         if options:
-            return await self.session.get(
-                self.model, id, options=options, populate_existing=True
-            )
+            return await self.session.get(self.model, id, options=options, populate_existing=True)
+        found = await self._fast_get(id)
+        if found is not fast_path.UNAVAILABLE:
+            return found  # type: ignore[no-any-return]
         return await self.session.get(self.model, id)
+
+    def _fast_reader(self) -> tuple[Any, fast_path.ModelReader] | None:
+        """The engine and reader for a fast read now, or ``None`` for the ORM path."""
+        engine = fast_path.session_is_idle(self.session)
+        if engine is None:
+            return None
+        reader = fast_path.reader_for(self._mapper, engine)
+        return None if reader is None else (engine, reader)
+
+    async def _fast_get(self, id: Any) -> Any:
+        ready = self._fast_reader() if id is not None else None
+        if ready is None:
+            return fast_path.UNAVAILABLE
+        engine, reader = ready
+        cached = fast_path.cached_instance(self.session, self._mapper, id)
+        if cached is not None:
+            return cached
+        rows = await fast_path.run(self.session, engine, reader.plan("get", None), {"pk": id})
+        if isinstance(rows, fast_path.Unavailable):
+            return rows
+        return fast_path.attach(self.session, reader, rows[0]) if rows else None
 
     async def get_one(self, id: Any, *, options: Sequence[ORMOption] | None = None) -> ModelT:
         """The row with primary key ``id``; raises ``EntityNotFoundError`` if there is none."""
@@ -371,12 +394,6 @@ class BaseRepository(Generic[ModelT]):
         if instance is None:
             raise EntityNotFoundError(self._name, id)
         return instance
-
-    def _select(self, filters: Filters | None, options: Sequence[ORMOption] | None) -> Select[Any]:
-        statement = select(self.model).where(*self._conditions(filters))
-        if options:
-            statement = statement.options(*options)
-        return statement
 
     async def list(
         self,
@@ -389,18 +406,66 @@ class BaseRepository(Generic[ModelT]):
         """Rows matching ``filters`` (``None`` means IS NULL, a list means IN), ordered by
         ``order_by`` (column names, ``-name`` for descending; the primary key by default),
         ``limit`` rows (100 by default) from ``skip``."""
-        statement = (
-            self._select(filters, options)
-            .order_by(*self._ordering(order_by))
-            .offset(self._skip(skip))
-            .limit(self._limit(limit))
-        )
+        conditions = self._conditions(filters)
+        ordering = self._ordering(order_by)
+        skip, limit = self._skip(skip), self._limit(limit)
+        if not options:
+            rows = await self._fast_list(filters, order_by, skip, limit)
+            if rows is not fast_path.UNAVAILABLE:
+                return rows  # type: ignore[no-any-return]
+        statement = select(self.model).where(*conditions).order_by(*ordering)
+        statement = statement.offset(skip).limit(limit)
+        if options:
+            statement = statement.options(*options)
         result = await self.session.scalars(statement)
         return list(result.all())
+
+    async def _fast_list(
+        self,
+        filters: Filters | None,
+        order_by: OrderBy | Sequence[OrderBy] | None,
+        skip: int,
+        limit: int,
+    ) -> Any:
+        ready = self._fast_reader()
+        shape = fast_path.filter_shape(filters)
+        if order_by is None:
+            ordering: tuple[str, ...] = ()
+        elif isinstance(order_by, str):
+            ordering = (order_by,)
+        elif not isinstance(order_by, (ColumnElement, InstrumentedAttribute)) and all(
+            isinstance(item, str) for item in order_by
+        ):
+            ordering = tuple(order_by)  # type: ignore[arg-type]
+        else:
+            return fast_path.UNAVAILABLE  # column objects: compiled by the ORM each time
+        if ready is None or shape is None:
+            return fast_path.UNAVAILABLE
+        engine, reader = ready
+        filter_shape, values = shape
+        keys = tuple(
+            ("-" if key.startswith("-") else "") + key.lstrip("-+") for key in ordering
+        ) or (self._mapper.get_property_by_column(self._mapper.primary_key[0]).key,)
+        plan = reader.plan("list", (filter_shape, keys))
+        rows = await fast_path.run(
+            self.session, engine, plan, {**values, "limit": limit, "offset": skip}
+        )
+        if isinstance(rows, fast_path.Unavailable):
+            return rows
+        return [fast_path.attach(self.session, reader, row) for row in rows]
 
     async def count(self, filters: Filters | None = None) -> int:
         """Number of rows matching ``filters``."""
         statement = select(func.count()).select_from(self.model).where(*self._conditions(filters))
+        ready = self._fast_reader()
+        shape = fast_path.filter_shape(filters)
+        if ready is not None and shape is not None:
+            engine, reader = ready
+            rows = await fast_path.run(
+                self.session, engine, reader.plan("count", shape[0]), shape[1]
+            )
+            if not isinstance(rows, fast_path.Unavailable):
+                return int(rows[0][0])
         return int(await self.session.scalar(statement) or 0)
 
     async def exists(self, id: Any = None, *, filters: Filters | None = None) -> bool:

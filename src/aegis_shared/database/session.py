@@ -33,6 +33,8 @@ from aegis_shared.errors.exceptions import (
     RelationshipNotLoadedError,
 )
 
+CLOSED_KEY = "aegis.closed"
+
 
 def as_statement(statement: Executable | str) -> Executable:
     """``statement`` itself, or a plain SQL string wrapped in ``text()``."""
@@ -96,6 +98,10 @@ class AegisSession(AsyncSession):
         """Release the connection; uncommitted work is rolled back."""
         callbacks.discard_all(self)
         await super().close()
+        # Lean reads (fast_path) bypass the session's own state checks; this tells them it
+        # was closed, so they leave the call to the ORM path. (Only the manager's sessions
+        # read fast, and it makes them with close_resets_only=False: closed for good.)
+        self.info[CLOSED_KEY] = True
 
 
 def _attribute_name(state: ORMExecuteState) -> str:

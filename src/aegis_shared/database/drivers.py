@@ -1,0 +1,55 @@
+"""The few raw driver calls the fast path makes, one function per job, per driver.
+
+SQLAlchemy's async adapters wrap each driver in a synchronous DBAPI facade driven through
+greenlets, which is what makes the ORM work but also what a one-row read pays for most.
+The fast path therefore talks to the driver connection it checked out of SQLAlchemy's
+own pool directly, with SQL that SQLAlchemy compiled. Only this module knows the three
+drivers' calling conventions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+Row = Sequence[Any]
+
+
+async def fetch_all(
+    dialect_name: str, connection: Any, sql: str, params: Sequence[Any]
+) -> list[Row]:
+    """Run ``sql`` with positional ``params`` on a driver connection and return every row.
+
+    One network round trip on PostgreSQL and MariaDB; one hop to aiosqlite's thread on
+    SQLite (``execute_fetchall`` instead of execute, fetch and close, which are three).
+    """
+    if dialect_name == "postgresql":
+        # asyncpg prepares the statement once per connection and reuses it by its text
+        # (its own statement cache), unless prepared statements are turned off.
+        return list(await connection.fetch(sql, *params))
+    if dialect_name == "sqlite":
+        return list(await connection.execute_fetchall(sql, tuple(params)))
+    if dialect_name in ("mysql", "mariadb"):
+        async with connection.cursor() as cursor:
+            await cursor.execute(sql, tuple(params))
+            return list(await cursor.fetchall())
+    raise NotImplementedError(f"the fast path does not know the {dialect_name} driver")
+
+
+async def copy_records(
+    connection: Any,
+    table: str,
+    schema: str | None,
+    columns: Sequence[str],
+    records: Iterable[Sequence[Any]],
+) -> int:
+    """``COPY table (columns) FROM STDIN`` the ``records`` through asyncpg's binary COPY.
+
+    Returns the number of rows written. Runs inside whatever transaction the connection
+    has open, so a rollback undoes it like any INSERT.
+    """
+    status: str = await connection.copy_records_to_table(
+        table, records=records, columns=list(columns), schema_name=schema
+    )
+    # asyncpg returns the command tag, "COPY <rows>".
+    return int(status.rsplit(" ", 1)[-1])

@@ -1,0 +1,395 @@
+"""The lean path for a repository's hot reads: ``get_by_id``, ``list`` and ``count``.
+
+Why by hand: a primary-key read through the ORM spends most of its time in machinery that
+is the same on every call of the same shape (the execution pipeline, result and loading
+objects, and the BEGIN ... ROLLBACK of the session's transaction). Here each shape is
+compiled once per dialect by SQLAlchemy's own compiler, bound and converted with the
+column types' own processors, and run on a driver connection checked out of the same
+SQLAlchemy pool (same limits, timeouts and connection set-up) as one autocommit
+statement. The rows become ordinary persistent objects of the session, so identity,
+lazy-load errors and later writes behave exactly as after an ORM read.
+
+The fast path only runs where its answer equals the ORM's. Otherwise the caller takes the
+ORM path; the conditions are in :func:`session_is_idle` and :func:`ModelReader.eligible`.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import Column, Integer, Table, bindparam, event, func, select
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Mapper, SessionTransaction, make_transient_to_detached
+from sqlalchemy.orm.attributes import instance_state, set_committed_value
+from sqlalchemy.sql import ColumnElement, Select
+from sqlalchemy.util.concurrency import greenlet_spawn
+
+from aegis_shared.database import drivers
+from aegis_shared.database.session import CLOSED_KEY, AegisSyncSession
+from aegis_shared.errors.exceptions import DatabaseConnectionError, TransactionConflictError
+from aegis_shared.errors.mapping import translate_dbapi_error
+
+#: ``session.info`` key holding the ``AsyncEngine`` fast reads run on; the manager sets it
+#: on the sessions it makes (unless ``fast_path=False``).
+FAST_PATH_ENGINE_KEY: Final = "aegis.fast_path_engine"
+_HOLDS_CONNECTION: Final = "aegis.holds_connection"
+_UNCHECKED_READS: Final = "aegis.unchecked_fast_reads"
+_EAGER = frozenset({"joined", "selectin", "subquery", "immediate"})
+_LOOSE_ISOLATION = frozenset({"READ COMMITTED", "READ UNCOMMITTED", "AUTOCOMMIT"})
+_strict_isolation: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class _Read:
+    sql: str
+    params: list[Any]
+    rows: list[tuple[Any, ...]]
+
+
+class Unavailable:
+    """Marker: the fast path does not apply, use the ORM path."""
+
+    def __repr__(self) -> str:
+        return "UNAVAILABLE"
+
+
+UNAVAILABLE: Final = Unavailable()
+
+# -- when the session may read outside a transaction ---------------------------------------
+
+
+@event.listens_for(AegisSyncSession, "after_begin")
+def _connection_taken(
+    session: AegisSyncSession, transaction: SessionTransaction, connection: Connection
+) -> None:
+    session.info[_HOLDS_CONNECTION] = True
+    reads = session.info.pop(_UNCHECKED_READS, None)
+    if reads:
+        _check_reads_unchanged(connection, reads)
+
+
+@event.listens_for(AegisSyncSession, "after_transaction_end")
+def _connection_released(session: AegisSyncSession, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_HOLDS_CONNECTION, None)
+        session.info.pop(_UNCHECKED_READS, None)
+
+
+def _check_reads_unchanged(connection: Connection, reads: list[_Read]) -> None:
+    """Repeat the fast reads inside the transaction that just began; refuse to go on if
+    any answer changed.
+
+    Under REPEATABLE READ or SERIALIZABLE (and on SQLite, always) a unit of work's reads
+    belong to its transaction's snapshot, so a read-modify-write cannot silently build on
+    a value another transaction changed meanwhile. Fast reads ran before that transaction
+    existed; reading them again as its first statements puts them in its snapshot (and,
+    on PostgreSQL, under its SERIALIZABLE read locks). If an answer differs, the unit of
+    work read data that its transaction would not have seen: that is the same conflict
+    the database reports for concurrent transactions, and retrying resolves it.
+    """
+    for read in reads:
+        rows = connection.exec_driver_sql(read.sql, tuple(read.params)).fetchall()
+        if [tuple(row) for row in rows] != read.rows:
+            raise TransactionConflictError(
+                "Rows this unit of work read changed before it wrote, so its transaction "
+                "cannot build on them. Retry the whole unit of work, for example with "
+                "@with_db_retry."
+            )
+
+
+def session_is_idle(session: AsyncSession) -> AsyncEngine | None:
+    """The engine to read on when ``session`` may read outside a transaction, else ``None``.
+
+    That is when the session came from a manager with the fast path on, holds no
+    connection (nothing read or written in its transaction yet), has no pending changes
+    and no explicit ``begin()``. Once a unit of work has written, this is false until it
+    commits or rolls back, so its reads go through its transaction and see its writes.
+    """
+    info = session.info
+    engine = info.get(FAST_PATH_ENGINE_KEY)
+    if engine is None or _HOLDS_CONNECTION in info or CLOSED_KEY in info:
+        return None
+    sync = session.sync_session
+    transaction = sync.get_transaction()
+    if transaction is not None and transaction.origin.name != "AUTOBEGIN":
+        return None
+    if sync.new or sync.deleted or sync.dirty:
+        return None
+    # Hooks that rewrite ORM statements (tenancy or soft-delete filters) must see every
+    # read; ours (the lazy-load guard) is the one listener that may be present.
+    if len(sync.dispatch.do_orm_execute) > 1:
+        return None
+    assert isinstance(engine, AsyncEngine)
+    return engine
+
+
+# -- compiled statements ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One compiled statement and how to order and convert its parameters."""
+
+    sql: str
+    names: tuple[str, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+    #: Values of parameters the compiler added itself (a literal it bound).
+    constants: Mapping[str, Any]
+
+    def params(self, values: Mapping[str, Any]) -> list[Any]:
+        out = []
+        for name, process in zip(self.names, self.processors, strict=True):
+            value = values[name] if name in values else self.constants[name]
+            out.append(process(value) if process is not None and value is not None else value)
+        return out
+
+
+def _compile(statement: Select[Any], dialect: Dialect) -> _Plan:
+    compiled = statement.compile(dialect=dialect)
+    names = tuple(compiled.positiontup or ())
+    processors = tuple(
+        compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
+    )
+    constants = {name: bind.effective_value for name, bind in compiled.binds.items()}
+    return _Plan(compiled.string, names, processors, constants)
+
+
+#: A filter shape: (column key, "eq" | "null" | number of IN values).
+FilterShape = tuple[tuple[str, str | int], ...]
+
+
+class ModelReader:
+    """Compiled statements and row conversion for one model on one dialect."""
+
+    def __init__(self, mapper: Mapper[Any], dialect: Dialect) -> None:
+        self.mapper = mapper
+        self.dialect = dialect
+        self.plans: dict[Any, _Plan] = {}
+        self.eligible = self._eligible(mapper)
+        if not self.eligible:
+            return
+        table = mapper.local_table
+        assert isinstance(table, Table)
+        self.table = table
+        self.columns: list[Column[Any]] = [prop.columns[0] for prop in mapper.column_attrs]  # type: ignore[misc]
+        self.keys = [prop.key for prop in mapper.column_attrs]
+        self.result_processors = [
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in self.columns
+        ]
+        (pk,) = mapper.primary_key
+        self.pk_index = next(i for i, column in enumerate(self.columns) if column is pk)
+
+    @staticmethod
+    def _eligible(mapper: Mapper[Any]) -> bool:
+        table = mapper.local_table
+        if (
+            mapper.inherits is not None
+            or mapper.polymorphic_on is not None
+            or mapper.with_polymorphic
+            or not isinstance(table, Table)
+            or len(mapper.primary_key) != 1
+            or mapper.class_manager.dispatch.load
+            or mapper.class_manager.dispatch.refresh
+        ):
+            return False
+        for prop in mapper.column_attrs:
+            column = prop.columns[0]
+            if (
+                prop.deferred
+                or len(prop.columns) != 1
+                or getattr(column, "table", None) is not table
+            ):
+                return False
+        return all(rel.lazy not in _EAGER for rel in mapper.relationships)
+
+    def _column(self, key: str) -> ColumnElement[Any]:
+        return self.columns[self.keys.index(key)]
+
+    def _where(self, statement: Select[Any], shape: FilterShape) -> Select[Any]:
+        for key, kind in shape:
+            column = self._column(key)
+            if kind == "null":
+                statement = statement.where(column.is_(None))
+            elif kind == "eq":
+                statement = statement.where(column == bindparam(f"f_{key}"))
+            else:
+                assert isinstance(kind, int)
+                statement = statement.where(
+                    column.in_([bindparam(f"f_{key}_{i}") for i in range(kind)])
+                )
+        return statement
+
+    def plan(self, kind: str, shape: Any) -> _Plan:
+        """The compiled statement of ``kind`` (get, list, count) for ``shape``."""
+        key = (kind, shape)
+        found = self.plans.get(key)
+        if found is None:
+            found = self.plans[key] = _compile(self._statement(kind, shape), self.dialect)
+        return found
+
+    def _statement(self, kind: str, shape: Any) -> Select[Any]:
+        if kind == "get":
+            return select(*self.columns).where(self.columns[self.pk_index] == bindparam("pk"))
+        if kind == "count":
+            return self._where(select(func.count()).select_from(self.table), shape)
+        filters, ordering = shape
+        statement = self._where(select(*self.columns), filters)
+        for key in ordering:
+            column = self._column(key.lstrip("-"))
+            statement = statement.order_by(column.desc() if key.startswith("-") else column.asc())
+        statement = statement.limit(bindparam("limit", type_=Integer))
+        return statement.offset(bindparam("offset", type_=Integer))
+
+    def values(self, row: Sequence[Any]) -> list[Any]:
+        """The row's values as the ORM would load them."""
+        return [
+            process(value) if process is not None else value
+            for process, value in zip(self.result_processors, row, strict=True)
+        ]
+
+
+_readers: weakref.WeakKeyDictionary[Dialect, dict[Mapper[Any], ModelReader]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def reader_for(mapper: Mapper[Any], engine: AsyncEngine) -> ModelReader | None:
+    """The model's reader on ``engine``'s dialect, or ``None`` if the model needs the ORM."""
+    dialect = engine.dialect
+    by_mapper = _readers.get(dialect)
+    if by_mapper is None:
+        by_mapper = _readers[dialect] = {}
+    reader = by_mapper.get(mapper)
+    if reader is None:
+        reader = by_mapper[mapper] = ModelReader(mapper, dialect)
+    return reader if reader.eligible else None
+
+
+#: IN lists longer than this go through the ORM rather than compiling a plan per length.
+_MAX_IN_VALUES: Final = 32
+
+
+def filter_shape(filters: Mapping[str, Any] | None) -> tuple[FilterShape, dict[str, Any]] | None:
+    """The cacheable shape of validated ``filters`` and their bound values, or ``None``
+    when a filter has no fixed shape (an empty or long IN list)."""
+    shape: list[tuple[str, str | int]] = []
+    values: dict[str, Any] = {}
+    for key, value in (filters or {}).items():
+        if value is None:
+            shape.append((key, "null"))
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            items = list(value)
+            if not 0 < len(items) <= _MAX_IN_VALUES:
+                return None
+            shape.append((key, len(items)))
+            values.update({f"f_{key}_{i}": item for i, item in enumerate(items)})
+        else:
+            shape.append((key, "eq"))
+            values[f"f_{key}"] = value
+    return tuple(shape), values
+
+
+# -- running and attaching -------------------------------------------------------------------
+
+
+_observers: weakref.WeakKeyDictionary[Engine, list[Callable[[str], None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def observe(engine: Engine, observer: Callable[[str], None]) -> Callable[[], None]:
+    """Call ``observer(sql)`` for every fast read on ``engine`` (these bypass SQLAlchemy's
+    ``before_cursor_execute``); returns the function that stops it. Used by
+    :func:`aegis_shared.testing.count_queries`."""
+    observers = _observers.setdefault(engine, [])
+    observers.append(observer)
+    return lambda: observers.remove(observer)
+
+
+async def _isolation_is_strict(engine: AsyncEngine) -> bool:
+    """True when the engine's connections isolate more than READ COMMITTED (asked once)."""
+    strict = _strict_isolation.get(engine.sync_engine)
+    if strict is None:
+        async with engine.connect() as connection:
+            level = str(await connection.get_isolation_level()).upper().replace("_", " ")
+        strict = _strict_isolation[engine.sync_engine] = level not in _LOOSE_ISOLATION
+    return strict
+
+
+async def run(
+    session: AsyncSession, engine: AsyncEngine, plan: _Plan, values: Mapping[str, Any]
+) -> list[Any] | Unavailable:
+    """Rows of ``plan`` run as one autocommit statement on a pooled driver connection.
+
+    Errors arrive as :mod:`aegis_shared.errors.exceptions`, as on the ORM path; an error
+    this library does not map returns ``UNAVAILABLE`` so the ORM path runs the read again
+    and raises exactly what it would have raised. Under an isolation level stricter than
+    READ COMMITTED the read is remembered and repeated when the session's transaction
+    begins (see :func:`_check_reads_unchanged`).
+    """
+    params = plan.params(values)
+    for observer in _observers.get(engine.sync_engine, ()):
+        observer(plan.sql)
+    strict = await _isolation_is_strict(engine)
+    connection = await engine.raw_connection()
+    try:
+        rows = await drivers.fetch_all(
+            engine.dialect.name, connection.driver_connection, plan.sql, params
+        )
+        if strict:
+            read = _Read(plan.sql, params, [tuple(row) for row in rows])
+            session.info.setdefault(_UNCHECKED_READS, []).append(read)
+        return rows
+    except Exception as exc:
+        translated = translate_dbapi_error(exc, is_disconnect=isinstance(exc, OSError))
+        if isinstance(translated, DatabaseConnectionError):
+            await greenlet_spawn(connection.invalidate, exc)
+        if translated is None:
+            return UNAVAILABLE
+        raise translated from exc
+    except BaseException:
+        # Cancelled mid-statement: the connection's protocol state is unknown, so it must
+        # not go back to the pool as if it were clean.
+        await greenlet_spawn(connection.invalidate)
+        raise
+    finally:
+        await greenlet_spawn(connection.close)
+
+
+def attach(session: AsyncSession, reader: ModelReader, row: Sequence[Any]) -> Any:
+    """The session's object for ``row``: the one it already holds, or a new persistent one.
+
+    As on an ORM load, an object the session already holds keeps its (possibly changed)
+    values; only attributes it had expired are filled in from the row.
+    """
+    values = reader.values(row)
+    mapper = reader.mapper
+    key = mapper.identity_key_from_primary_key((values[reader.pk_index],))
+    existing = session.identity_map.get(key)
+    if existing is not None:
+        expired = instance_state(existing).expired_attributes
+        if expired:
+            for name, value in zip(reader.keys, values, strict=True):
+                if name in expired:
+                    set_committed_value(existing, name, value)
+        return existing
+    instance = mapper.class_manager.new_instance()
+    # A fresh instance state counts values put straight into its dict as loaded and
+    # unchanged, which is exactly what the ORM's loader does.
+    instance.__dict__.update(zip(reader.keys, values, strict=True))
+    make_transient_to_detached(instance)
+    session.add(instance)
+    return instance
+
+
+def cached_instance(session: AsyncSession, mapper: Mapper[Any], id: Any) -> Any:
+    """The object the session already holds for ``id`` with nothing expired, else ``None``."""
+    existing = session.identity_map.get(mapper.identity_key_from_primary_key((id,)))
+    if existing is None or instance_state(existing).expired_attributes:
+        return None
+    return existing
