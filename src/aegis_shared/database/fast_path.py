@@ -23,20 +23,19 @@ from typing import Any, Final
 from sqlalchemy import Column, Integer, Table, bindparam, event, func, select
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.orm import Mapper, SessionTransaction, make_transient_to_detached
+from sqlalchemy.orm import Mapper, SessionTransaction
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.sql import ColumnElement, Select
 from sqlalchemy.util.concurrency import greenlet_spawn
 
 from aegis_shared.database import drivers
-from aegis_shared.database.session import CLOSED_KEY, AegisSyncSession
+from aegis_shared.database.session import CLOSED_KEY, HOLDS_CONNECTION_KEY, AegisSyncSession
 from aegis_shared.errors.exceptions import DatabaseConnectionError, TransactionConflictError
 from aegis_shared.errors.mapping import translate_dbapi_error
 
 #: ``session.info`` key holding the ``AsyncEngine`` fast reads run on; the manager sets it
 #: on the sessions it makes (unless ``fast_path=False``).
 FAST_PATH_ENGINE_KEY: Final = "aegis.fast_path_engine"
-_HOLDS_CONNECTION: Final = "aegis.holds_connection"
 _UNCHECKED_READS: Final = "aegis.unchecked_fast_reads"
 _EAGER = frozenset({"joined", "selectin", "subquery", "immediate"})
 _LOOSE_ISOLATION = frozenset({"READ COMMITTED", "READ UNCOMMITTED", "AUTOCOMMIT"})
@@ -63,19 +62,17 @@ UNAVAILABLE: Final = Unavailable()
 
 
 @event.listens_for(AegisSyncSession, "after_begin")
-def _connection_taken(
+def _transaction_began(
     session: AegisSyncSession, transaction: SessionTransaction, connection: Connection
 ) -> None:
-    session.info[_HOLDS_CONNECTION] = True
     reads = session.info.pop(_UNCHECKED_READS, None)
     if reads:
         _check_reads_unchanged(connection, reads)
 
 
 @event.listens_for(AegisSyncSession, "after_transaction_end")
-def _connection_released(session: AegisSyncSession, transaction: SessionTransaction) -> None:
+def _transaction_ended(session: AegisSyncSession, transaction: SessionTransaction) -> None:
     if transaction.parent is None:
-        session.info.pop(_HOLDS_CONNECTION, None)
         session.info.pop(_UNCHECKED_READS, None)
 
 
@@ -111,7 +108,7 @@ def session_is_idle(session: AsyncSession) -> AsyncEngine | None:
     """
     info = session.info
     engine = info.get(FAST_PATH_ENGINE_KEY)
-    if engine is None or _HOLDS_CONNECTION in info or CLOSED_KEY in info:
+    if engine is None or HOLDS_CONNECTION_KEY in info or CLOSED_KEY in info:
         return None
     sync = session.sync_session
     transaction = sync.get_transaction()
@@ -358,7 +355,12 @@ async def run(
         await greenlet_spawn(connection.invalidate)
         raise
     finally:
-        await greenlet_spawn(connection.close)
+        if engine.dialect.name in ("postgresql", "sqlite"):
+            # Check-in does no I/O here: asyncpg has no transaction to roll back, and
+            # SQLite's reset rolls back only an open one (dialects.SQLiteProfile).
+            connection.close()
+        else:
+            await greenlet_spawn(connection.close)
 
 
 def attach(session: AsyncSession, reader: ModelReader, row: Sequence[Any]) -> Any:
@@ -378,12 +380,22 @@ def attach(session: AsyncSession, reader: ModelReader, row: Sequence[Any]) -> An
                 if name in expired:
                     set_committed_value(existing, name, value)
         return existing
+    # What the ORM's own loader (orm/loading.py) does for a row it has not seen: a new
+    # instance whose values count as loaded and unchanged, keyed and placed straight into
+    # the identity map. The public route (make_transient_to_detached + session.add) costs
+    # three times as much per row, most of it in cascades that a fresh row cannot have.
+    # These are SQLAlchemy internals, stable across 2.0 and 2.1; the <2.2 pin and the
+    # fast-path tests guard them.
+    sync = session.sync_session
     instance = mapper.class_manager.new_instance()
-    # A fresh instance state counts values put straight into its dict as loaded and
-    # unchanged, which is exactly what the ORM's loader does.
+    state = instance_state(instance)
+    state.key = key
+    state.identity_token = None
+    state.session_id = sync.hash_key
+    sync.identity_map._add_unpresent(state, key)
     instance.__dict__.update(zip(reader.keys, values, strict=True))
-    make_transient_to_detached(instance)
-    session.add(instance)
+    if sync.dispatch.loaded_as_persistent:
+        sync.dispatch.loaded_as_persistent(sync, state)
     return instance
 
 

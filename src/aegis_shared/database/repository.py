@@ -11,7 +11,7 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar, overload
 
 from sqlalchemy import Column, ColumnElement, Table, func, insert, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,7 +22,7 @@ from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.compiler import InsertmanyvaluesSentinelOpts
 from sqlalchemy.sql.elements import ClauseElement
 
-from aegis_shared.database import fast_path
+from aegis_shared.database import bulk, fast_path
 from aegis_shared.errors.exceptions import EntityNotFoundError
 from aegis_shared.models.types import UTCDateTime
 
@@ -201,8 +201,28 @@ class BaseRepository(Generic[ModelT]):
         await self.session.flush()
         return instance
 
-    async def create_many(self, entities: Iterable[ModelT | Mapping[str, Any]]) -> list[ModelT]:
+    @overload
+    async def create_many(
+        self, entities: Iterable[ModelT | Mapping[str, Any]], *, returning: Literal[True] = True
+    ) -> list[ModelT]: ...
+
+    @overload
+    async def create_many(
+        self, entities: Iterable[ModelT | Mapping[str, Any]], *, returning: Literal[False]
+    ) -> int: ...
+
+    async def create_many(
+        self, entities: Iterable[ModelT | Mapping[str, Any]], *, returning: bool = True
+    ) -> list[ModelT] | int:
         """Add many rows: one INSERT per batch of rows, never one per row.
+
+        ``returning=False`` is for loads nobody reads back: no objects are made, the rows
+        go to PostgreSQL with ``COPY`` (other backends: multi-row INSERTs), and the number
+        of rows written is returned. Python-side column defaults are applied, server-side
+        ones (ids, ``now()``) filled by the database; everything stays inside the
+        session's transaction.
+
+        With ``returning=True`` (the default):
 
         New rows of a model with an auto-incremented id go out as multi-row
         ``INSERT ... RETURNING`` statements (a batch holds up to the driver's page size,
@@ -211,6 +231,15 @@ class BaseRepository(Generic[ModelT]):
         persistent in the session with their ids and defaults, as after a flush. Anything
         else (relationships set, ids given, insert or flush events, ...) is flushed normally.
         """
+        if not returning:
+            items = list(entities)
+            written = await bulk.insert_rows(self.session, self._mapper, items, self._name)
+            if written is not None:
+                return written
+            flushed = [self._build(entity) for entity in items]
+            self.session.add_all(flushed)
+            await self.session.flush()
+            return len(flushed)
         instances = [self._build(entity) for entity in entities]
         if not instances:
             return instances

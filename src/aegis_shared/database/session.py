@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.sql import Executable
 from sqlalchemy.util.concurrency import in_greenlet
 
@@ -34,6 +34,8 @@ from aegis_shared.errors.exceptions import (
 )
 
 CLOSED_KEY = "aegis.closed"
+#: Present in ``session.info`` while the session's transaction holds a connection.
+HOLDS_CONNECTION_KEY = "aegis.holds_connection"
 
 
 def as_statement(statement: Executable | str) -> Executable:
@@ -97,7 +99,12 @@ class AegisSession(AsyncSession):
     async def close(self) -> None:
         """Release the connection; uncommitted work is rolled back."""
         callbacks.discard_all(self)
-        await super().close()
+        if HOLDS_CONNECTION_KEY in self.info:
+            await super().close()
+        else:
+            # Nothing to release, so no I/O: skip the greenlet hop (a read-only unit of
+            # work on the fast path ends here).
+            self.sync_session.close()
         # Lean reads (fast_path) bypass the session's own state checks; this tells them it
         # was closed, so they leave the call to the ORM path. (Only the manager's sessions
         # read fast, and it makes them with close_resets_only=False: closed for good.)
@@ -135,6 +142,17 @@ def _refuse_implicit_io(state: ORMExecuteState) -> None:
         "cannot load them lazily. Refresh the object first: await session.refresh(obj), "
         "or keep the session from expiring it (expire_on_commit=False)."
     )
+
+
+@event.listens_for(AegisSyncSession, "after_begin")
+def _connection_taken(session: Session, transaction: SessionTransaction, connection: Any) -> None:
+    session.info[HOLDS_CONNECTION_KEY] = True
+
+
+@event.listens_for(AegisSyncSession, "after_transaction_end")
+def _connection_released(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(HOLDS_CONNECTION_KEY, None)
 
 
 async def rollback_quietly(session: AsyncSession) -> None:

@@ -87,9 +87,11 @@ class UnitOfWork:
         for name in self._declared_repositories():
             self.__dict__.pop(name, None)
         try:
-            # Whatever was not committed (the whole block on error) is undone.
-            await rollback_quietly(session)
+            if exc is not None:
+                await rollback_quietly(session)
         finally:
+            # close() undoes whatever was not committed. Unlike rollback() it does not
+            # expire the objects first, so what the block read stays readable after it.
             await session.close()
             self._session = None
 

@@ -1,0 +1,193 @@
+"""Bulk inserts that return no objects: ``create_many(rows, returning=False)``.
+
+On PostgreSQL the rows go through ``COPY ... FROM STDIN`` (asyncpg's binary COPY) on the
+session's own connection, inside its transaction; elsewhere through one multi-row INSERT
+per batch (SQLAlchemy's insertmanyvalues). Why by hand: SQLAlchemy has no COPY, and the
+ORM's flush builds, tracks and expires an object per row, which is most of the cost of a
+100,000-row load that nobody reads back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import itemgetter
+from typing import Any
+
+from sqlalchemy import Column, Table, insert
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapper
+from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.sql.elements import ClauseElement
+
+from aegis_shared.database import drivers
+from aegis_shared.errors.mapping import translate_dbapi_error
+
+
+class _Columns:
+    """What one model's bulk insert needs to know about its table, worked out once."""
+
+    def __init__(self, mapper: Mapper[Any]) -> None:
+        table = mapper.local_table
+        assert isinstance(table, Table)
+        self.table = table
+        self.by_key: dict[str, Column[Any]] = {}
+        for prop in mapper.column_attrs:
+            column = prop.columns[0]
+            if isinstance(column, Column) and column.table is table:
+                self.by_key[prop.key] = column
+
+    def unknown(self, keys: Iterable[str]) -> list[str]:
+        return sorted(set(keys) - set(self.by_key))
+
+
+def _row(mapper: Mapper[Any], entity: Any) -> Mapping[str, Any] | None:
+    """The column values of a mapping or a new instance; ``None`` if it needs the ORM."""
+    if isinstance(entity, Mapping):
+        return entity
+    if not isinstance(entity, mapper.class_):
+        raise TypeError(
+            f"create_many() takes {mapper.class_.__name__} instances or mappings of their "
+            f"fields, got {type(entity).__name__}"
+        )
+    state = instance_state(entity)
+    if not state.transient:
+        return None
+    return {key: value for key, value in state.dict.items() if not key.startswith("_")}
+
+
+def _default_filler(column: Column[Any]) -> Callable[[], Any] | None:
+    """A function giving the column's Python-side default for one row, or ``None`` if the
+    column has none (the server fills it, or it is NULL)."""
+    default = column.default
+    if default is None or (
+        not getattr(default, "is_scalar", False) and not getattr(default, "is_callable", False)
+    ):
+        return None
+    if getattr(default, "is_scalar", False):
+        value = default.arg  # type: ignore[attr-defined]
+        return lambda: value
+    function = default.arg  # type: ignore[attr-defined]
+    # SQLAlchemy wraps a no-argument default so that it takes the execution context; a
+    # COPY has none, and the defaults this library ships (utcnow, uuid4) never read it.
+    return lambda: function(None)
+
+
+async def insert_rows(
+    session: AsyncSession, mapper: Mapper[Any], entities: Iterable[Any], model_name: str
+) -> int | None:
+    """Insert ``entities`` (mappings or transient instances) and return how many rows
+    were written, or ``None`` when they need the ORM's flush (relationships, events, SQL
+    expressions as values)."""
+    columns = _Columns(mapper)
+    groups: dict[frozenset[str], list[Mapping[str, Any]]] = {}
+    for entity in entities:
+        row = entity if type(entity) is dict else _row(mapper, entity)
+        if row is None:
+            return None
+        keys = frozenset(row)
+        group = groups.get(keys)
+        if group is None:
+            unknown = columns.unknown(keys)
+            if unknown and all(key in mapper.relationships for key in unknown):
+                return None  # related objects to insert too: the ORM's flush does that
+            if unknown:
+                raise ValueError(
+                    f"{model_name} has no field {', '.join(map(repr, unknown))} to set; "
+                    f"known: {', '.join(sorted(columns.by_key))}"
+                )
+            if any(_is_expression(value) for value in row.values()):
+                return None
+            group = groups[keys] = []
+        group.append(row)
+    if not groups:
+        return 0
+    # Pending ORM changes first, as any statement would (autoflush): a COPY of children
+    # may refer to a parent added a moment ago.
+    await session.flush()
+    dialect = session.get_bind(mapper=mapper).dialect
+    written = 0
+    for keys, rows in groups.items():
+        if dialect.name == "postgresql":
+            written += await _copy(session, columns, sorted(keys), rows, dialect)
+        else:
+            statement = insert(columns.table)
+            result = await session.execute(statement, [_by_column(columns, r) for r in rows])
+            written += int(getattr(result, "rowcount", len(rows)))
+    return written
+
+
+def _is_expression(value: Any) -> bool:
+    return isinstance(value, ClauseElement) or hasattr(value, "__clause_element__")
+
+
+def _by_column(columns: _Columns, row: Mapping[str, Any]) -> dict[str, Any]:
+    return {columns.by_key[key].key: value for key, value in row.items()}
+
+
+async def _copy(
+    session: AsyncSession,
+    columns: _Columns,
+    present: list[str],
+    rows: list[Mapping[str, Any]],
+    dialect: Dialect,
+) -> int:
+    """COPY rows that all set the ``present`` fields; returns the rows written."""
+    # Columns no row sets get their Python-side default here; the rest are left out of
+    # the COPY and get their server default (an id from its sequence, now(), ...), as in
+    # an INSERT that omits them.
+    fillers = {
+        key: filler
+        for key, column in columns.by_key.items()
+        if key not in present and (filler := _default_filler(column)) is not None
+    }
+    keys = present + list(fillers)
+    processors = [
+        columns.by_key[key].type.dialect_impl(dialect).bind_processor(dialect) for key in keys
+    ]
+    records = _records(rows, present, list(fillers.values()), processors)
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    if not driver.is_in_transaction():
+        # SQLAlchemy's asyncpg adapter sends BEGIN with the transaction's first
+        # statement; COPY bypasses the adapter, so send one through it first, or the COPY
+        # would commit on its own and survive a rollback.
+        await connection.exec_driver_sql("SELECT 1")
+    table = columns.table
+    try:
+        return await drivers.copy_records(
+            driver, table.name, table.schema, [columns.by_key[key].name for key in keys], records
+        )
+    except Exception as exc:
+        translated = translate_dbapi_error(exc)
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+def _records(
+    rows: list[Mapping[str, Any]],
+    present: list[str],
+    fillers: list[Callable[[], Any]],
+    processors: Sequence[Callable[[Any], Any] | None],
+) -> Iterable[tuple[Any, ...]]:
+    """The rows as tuples in COPY column order, defaults filled and values converted.
+
+    Built lazily, so asyncpg encodes and sends while later rows are still being made.
+    """
+    get = itemgetter(*present)
+    single = len(present) == 1
+    converting = [(i, p) for i, p in enumerate(processors) if p is not None]
+    for row in rows:
+        values = (get(row),) if single else get(row)
+        if fillers:
+            values = values + tuple([fill() for fill in fillers])
+        if converting:
+            converted = list(values)
+            for index, process in converting:
+                if converted[index] is not None:
+                    converted[index] = process(converted[index])
+            values = tuple(converted)
+        yield values
