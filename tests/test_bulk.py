@@ -102,7 +102,8 @@ async def test_rows_with_different_fields_and_instances(db: DatabaseManager) -> 
     async with db.session() as session:
         assert await UserRepository(session).create_many(rows, returning=False) == 3
     async with db.session() as session:
-        ages = {email: age for email, age in await session.execute(select(User.email, User.age))}
+        result = await session.execute(select(User.email, User.age))
+        ages = {row.email: row.age for row in result}
     assert ages == {"a@example.com": 30, "b@example.com": None, "c@example.com": 7}
 
 
