@@ -120,6 +120,9 @@ def session_is_idle(session: AsyncSession) -> AsyncEngine | None:
     # read; ours (the lazy-load guard) is the one listener that may be present.
     if len(sync.dispatch.do_orm_execute) > 1:
         return None
+    # Plans are compiled once without it; a schema_translate_map needs the ORM path.
+    if engine.get_execution_options().get("schema_translate_map"):
+        return None
     assert isinstance(engine, AsyncEngine)
     return engine
 
@@ -174,10 +177,16 @@ class ModelReader:
         self.table = table
         self.columns: list[Column[Any]] = [prop.columns[0] for prop in mapper.column_attrs]  # type: ignore[misc]
         self.keys = [prop.key for prop in mapper.column_attrs]
-        self.result_processors = [
-            column.type.dialect_impl(dialect).result_processor(dialect, None)
-            for column in self.columns
-        ]
+        try:
+            self.result_processors = [
+                column.type.dialect_impl(dialect).result_processor(dialect, None)
+                for column in self.columns
+            ]
+        except Exception:
+            # Some driver types choose their converter by the column's type code, which
+            # only a cursor knows (asyncpg's Numeric and Float): leave those to the ORM.
+            self.eligible = False
+            return
         (pk,) = mapper.primary_key
         self.pk_index = next(i for i, column in enumerate(self.columns) if column is pk)
 
@@ -190,8 +199,6 @@ class ModelReader:
             or mapper.with_polymorphic
             or not isinstance(table, Table)
             or len(mapper.primary_key) != 1
-            or mapper.class_manager.dispatch.load
-            or mapper.class_manager.dispatch.refresh
         ):
             return False
         for prop in mapper.column_attrs:
@@ -213,11 +220,11 @@ class ModelReader:
             if kind == "null":
                 statement = statement.where(column.is_(None))
             elif kind == "eq":
-                statement = statement.where(column == bindparam(f"f_{key}"))
+                statement = statement.where(column == bindparam(f"f_{key}", type_=column.type))
             else:
                 assert isinstance(kind, int)
                 statement = statement.where(
-                    column.in_([bindparam(f"f_{key}_{i}") for i in range(kind)])
+                    column.in_([bindparam(f"f_{key}_{i}", type_=column.type) for i in range(kind)])
                 )
         return statement
 
@@ -264,7 +271,11 @@ def reader_for(mapper: Mapper[Any], engine: AsyncEngine) -> ModelReader | None:
     reader = by_mapper.get(mapper)
     if reader is None:
         reader = by_mapper[mapper] = ModelReader(mapper, dialect)
-    return reader if reader.eligible else None
+    events = mapper.class_manager.dispatch
+    # Checked on every call: listeners may be added after the first read.
+    if not reader.eligible or events.load or events.refresh:
+        return None
+    return reader
 
 
 #: IN lists longer than this go through the ORM rather than compiling a plan per length.

@@ -127,7 +127,9 @@ class DatabaseManager:
         # refresh, which async code cannot do. close_resets_only=False: a closed session
         # refuses further use instead of silently opening a new connection.
         info: dict[str, Any] = {MAX_PAGE_SIZE_KEY: self.max_page_size}
-        if self.fast_path:
+        if self.fast_path and not is_sqlite_memory(self.url):
+            # In-memory SQLite has one connection for everyone: a fast read would borrow
+            # (and on return reset) the one an open transaction is using.
             info[FAST_PATH_ENGINE_KEY] = engine
         return async_sessionmaker(
             engine,
