@@ -1,0 +1,77 @@
+"""``report``: the results in ``bench/results/*.json`` as markdown tables (for
+``docs/benchmarks.md``), printed to standard output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.common import load_results
+
+TITLES = {
+    "reads": "Reads by primary key",
+    "lists": "Lists and counts",
+    "bulk": "Bulk insert",
+    "http": "HTTP: GET /items/{id}",
+}
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def _scenario(name: str, data: dict[str, Any]) -> list[str]:
+    lines = [f"### {TITLES[name]}", ""]
+    results = data["results"]
+    goals = data["goals"]
+    for case in dict.fromkeys(r["case"] for r in results):
+        rows = [r for r in results if r["case"] == case]
+        baseline = data["baselines"].get(case)
+        base = next((r["rate"] for r in rows if r["contender"] == baseline), None)
+        unit = rows[0]["unit"]
+        lines += [
+            f"**{case}** (ratio against {baseline})",
+            "",
+            f"| contender | {unit} (median) | rounds: min .. max | x {baseline} | notes |",
+            "| --- | ---: | ---: | ---: | --- |",
+        ]
+        for r in rows:
+            spread = (
+                f"{min(r['rounds']):,.0f} .. {max(r['rounds']):,.0f}"
+                if len(r["rounds"]) > 1
+                else ""
+            )
+            rel = f"{r['rate'] / base:.2f}" if r["rate"] and base else "n/a"
+            who = f"**{r['contender']}**" if r["contender"].startswith("ours") else r["contender"]
+            lines.append(f"| {who} | {_rate(r['rate'])} | {spread} | {rel} | {r['note']} |")
+        lines.append("")
+    if goals:
+        lines += [
+            f"Goals ({TITLES[name].lower()})",
+            "",
+            "| goal | measured | goal | met? |",
+            "| --- | ---: | ---: | --- |",
+        ]
+        for g in goals:
+            measured = "n/a" if g["ratio"] is None else f"{g['ratio']:.2f}x"
+            met = {True: "yes", False: "**no**", None: "not measured"}[g["met"]]
+            lines.append(f"| {g['goal']} | {measured} | >= {g['threshold']:g}x | {met} |")
+        lines.append("")
+    return lines
+
+
+def run() -> None:
+    results = load_results()
+    if not results:
+        raise SystemExit("no results yet: run python -m bench all (or a scenario) first")
+    first = next(iter(results.values()))
+    env = first["environment"]
+    out = ["## Machine", ""]
+    out += [f"- {key}: {value}" for key, value in env["machine"].items()]
+    out += ["", "## Versions", ""]
+    out += [f"- {key}: {value}" for key, value in env["versions"].items()]
+    out += [""]
+    for name in ("reads", "lists", "bulk", "http"):
+        if name in results:
+            out += [f"<!-- {name}: finished {results[name]['finished']} -->"]
+            out += _scenario(name, results[name])
+    print("\n".join(out))
