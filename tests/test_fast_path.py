@@ -340,8 +340,6 @@ async def test_list_and_count_match_the_orm_path(
     db: DatabaseManager,
     slow: DatabaseManager,
     filters: dict[str, Any] | None,
-    backend: str,
-    request: pytest.FixtureRequest,
 ) -> None:
     await seed_gadgets(db)
     for order_by in ORDERINGS:
@@ -407,7 +405,7 @@ async def test_shapes_the_fast_path_leaves_to_the_orm_give_the_same_answers(
 
 
 async def test_numeric_and_float_columns_match_the_orm_path(
-    db: DatabaseManager, slow: DatabaseManager, backend: str, request: pytest.FixtureRequest
+    db: DatabaseManager, slow: DatabaseManager
 ) -> None:
     async with db.session() as session:
         session.add_all(
@@ -1215,13 +1213,7 @@ async def test_concurrent_fast_reads_share_a_small_pool(make_db: MakeDb) -> None
     assert checked_out(db) == 0
 
 
-@pytest.mark.parametrize(
-    "fast_path",
-    [
-        True,
-        False,
-    ],
-)
+@pytest.mark.parametrize("fast_path", [True, False])
 async def test_in_memory_sqlite_read_inside_an_open_unit_of_work(fast_path: bool) -> None:
     """In-memory SQLite has one connection for everyone (StaticPool). A read from a second
     session while a unit of work has written but not committed may fail (the ORM path
@@ -1273,7 +1265,7 @@ async def test_a_reconstructor_runs_on_every_read(db: DatabaseManager) -> None:
 
 
 async def test_a_load_listener_added_after_the_first_read_is_honoured(
-    db: DatabaseManager, backend: str, request: pytest.FixtureRequest
+    db: DatabaseManager,
 ) -> None:
     ids = await seed_gadgets(db)
     async with db.session() as session:
@@ -1293,9 +1285,7 @@ async def test_a_load_listener_added_after_the_first_read_is_honoured(
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
-async def test_a_schema_translate_map_is_honoured(
-    db: DatabaseManager, make_db: MakeDb, request: pytest.FixtureRequest
-) -> None:
+async def test_a_schema_translate_map_is_honoured(db: DatabaseManager, make_db: MakeDb) -> None:
     await seed_gadgets(db)
     async with db.engine.begin() as conn:
         await conn.execute(text("CREATE SCHEMA fp_tenant"))
