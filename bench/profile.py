@@ -1,11 +1,13 @@
-"""``profile``: where a primary-key read spends its time, ours against the ORM.
+"""``profile``: where our reads, lists and object-returning bulk insert spend their time,
+against the ORM doing the same.
 
-3,000 reads through ``BenchUnitOfWork`` + ``get_by_id`` and 3,000 through a new
-``AsyncSession`` + ``session.get``, each under pyinstrument (cProfile when pyinstrument is
-missing), plus a 20,000-row ``create_many(rows)`` against ORM ``add_all`` + flush. Client
-(with the profiler's thread) and PostgreSQL backend on separate CPUs. Writes
-``bench/results/profile-<name>.txt``: the flat list (self time per function) and the top of
-the call tree.
+Under pyinstrument (cProfile when pyinstrument is missing): 3,000 reads through
+``BenchUnitOfWork`` + ``get_by_id`` against 3,000 through a new ``AsyncSession`` +
+``session.get``; 600 ``list(filters=..., limit=50)`` calls against the ORM's select; a
+20,000-row ``create_many(rows)`` against ORM ``add_all`` + flush. Client (with the
+profiler's thread) and PostgreSQL backend on separate CPUs. Writes
+``bench/results/profile-<name>.txt``: inclusive time per function, self time per function
+and the top of the call tree.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from aegis_shared.database import DatabaseManager
 from bench.common import (
+    CATEGORIES,
     PG_URL,
     RESULTS_DIR,
     ROOT,
@@ -47,7 +51,7 @@ _HARNESS = (
     "uvloop/",
     "asyncio/runners.py",
 )
-_WORK = ("_read", "_bulk")
+_WORK = ("_read", "_list", "_bulk")
 FLAT_LINES = 30
 TREE_LINES = 80
 
@@ -127,7 +131,7 @@ async def _profile(name: str, title: str, work: Callable[[], Awaitable[Any]], ca
     print(f"  {title}: written to {path.relative_to(ROOT)}")
 
 
-async def run(reads: int = 3_000, rows: int = 20_000) -> None:
+async def run(reads: int = 3_000, lists: int = 600, rows: int = 20_000) -> None:
     await recreate_database()
     placement = placements()["split"]
     pin_self(placement)
@@ -146,6 +150,17 @@ async def run(reads: int = 3_000, rows: int = 20_000) -> None:
     async def orm_read(id: int) -> Any:
         async with sessions() as session:
             return await session.get(Item, id)
+
+    categories = [CATEGORIES[i % len(CATEGORIES)] for i in range(lists)]
+
+    async def ours_list(category: str) -> Any:
+        async with BenchUnitOfWork(db) as uow:
+            return await uow.items.list(filters={"category": category}, limit=50)
+
+    async def orm_list(category: str) -> Any:
+        statement = select(Item).where(Item.category == category).order_by(Item.id).limit(50)
+        async with sessions() as session:
+            return list((await session.scalars(statement)).all())
 
     data = make_rows(rows)
 
@@ -174,6 +189,20 @@ async def run(reads: int = 3_000, rows: int = 20_000) -> None:
             f"SA ORM: {reads} x new AsyncSession + session.get",
             lambda: run_sequentially(orm_read, ids),
             reads,
+        )
+        for list_call in (ours_list, orm_list):
+            await run_sequentially(list_call, categories[:60])  # warm-up
+        await _profile(
+            "ours-list",
+            f"ours: {lists} x BenchUnitOfWork(db) + list(filters=..., limit=50)",
+            lambda: run_sequentially(ours_list, categories),
+            lists,
+        )
+        await _profile(
+            "orm-list",
+            f"SA ORM: {lists} x new AsyncSession + select(Item)...limit(50)",
+            lambda: run_sequentially(orm_list, categories),
+            lists,
         )
         await truncate_items()
         await _profile(

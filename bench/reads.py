@@ -272,7 +272,7 @@ async def run(
     tasks: int = 50,
     rounds: int = 3,
     slices: int = 5,
-    warmup: int = 500,
+    warmup: int = 300,
     placement_names: tuple[str, ...] = ("split", "shared"),
 ) -> None:
     await recreate_database()
