@@ -11,6 +11,13 @@ from bench.common import DOCS_DIR, ROOT, load_results
 COLORS = {True: "#2e8b57", False: "#c0392b"}
 
 
+def _label(goal: dict[str, object]) -> str:
+    name = str(goal["goal"])
+    if "best peer" in name:
+        name += f"\n= {str(goal['peer']).split(':')[0]}"
+    return name
+
+
 def run() -> None:
     import matplotlib
 
@@ -34,14 +41,14 @@ def run() -> None:
         ax.barh(y, ratio, color=COLORS[bool(goal["met"])], height=0.6)
         ax.plot([threshold, threshold], [y - 0.4, y + 0.4], color="black", linewidth=2)
         ax.text(
-            ratio + 0.05,
+            max(ratio, threshold) + 0.05,
             y,
             f"{ratio:.2f}x (goal {threshold:g}x)",
             va="center",
             fontsize=8,
         )
     ax.set_yticks(positions)
-    ax.set_yticklabels([goal["goal"] for goal in goals], fontsize=8)
+    ax.set_yticklabels([_label(goal) for goal in goals], fontsize=8)
     ax.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
     top = max(max(g["ratio"] for g in goals), max(g["threshold"] for g in goals))
     ax.set_xlim(0, top * 1.3)

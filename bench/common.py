@@ -289,6 +289,9 @@ def write_results(
         "scenario": scenario,
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "params": params,
+        # Other load on the machine skews everything: the 1, 5 and 15 minute load averages
+        # when the scenario ended.
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "baselines": baselines,
         "environment": environment(),
         "results": [

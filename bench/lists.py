@@ -165,10 +165,14 @@ async def _check(calls: dict[str, dict[str, Any]]) -> None:
 
 
 NOTES = {
-    PG_POOL: "reference only: acquire + fetch / fetchval",
-    ORM: "select(Item).where(...).order_by(Item.id).limit(50); select(func.count())",
-    AA: "get_many(LimitOffset, OrderBy, category=c); count(category=c)",
-    OURS: 'list(filters={"category": c}, limit=50); count(filters=...)',
+    ("list", PG_POOL): "reference only: acquire + fetch",
+    ("list", ORM): "select(Item).where(Item.category == c).order_by(Item.id).limit(50)",
+    ("list", AA): "get_many(LimitOffset(50, 0), OrderBy('id', 'asc'), category=c)",
+    ("list", OURS): 'list(filters={"category": c}, limit=50)',
+    ("count", PG_POOL): "reference only: acquire + fetchval",
+    ("count", ORM): "select(func.count()).select_from(Item).where(Item.category == c)",
+    ("count", AA): "count(category=c)",
+    ("count", OURS): 'count(filters={"category": c})',
 }
 
 
@@ -187,7 +191,9 @@ async def _measure(
             for name, fn in by_name.items():
                 await run_sequentially(fn, categories[:warmup])
                 case = f"{op}, {placement.name}"
-                jobs.append(Job(Measurement(case, name, unit, note=NOTES[name]), fn, categories))
+                jobs.append(
+                    Job(Measurement(case, name, unit, note=NOTES[(op, name)]), fn, categories)
+                )
         await interleave(jobs, rounds, slices, f"{placement.name}: ")
     finally:
         await contenders.close()

@@ -4,7 +4,8 @@ against the ORM doing the same.
 Under pyinstrument (cProfile when pyinstrument is missing): 3,000 reads through
 ``BenchUnitOfWork`` + ``get_by_id`` against 3,000 through a new ``AsyncSession`` +
 ``session.get``; 600 ``list(filters=..., limit=50)`` calls against the ORM's select; a
-20,000-row ``create_many(rows)`` against ORM ``add_all`` + flush. Client (with the
+20,000-row ``create_many(rows)`` against ORM ``add_all`` + flush; a 100,000-row
+``create_many(rows, returning=False)`` against asyncpg's COPY. Client (with the
 profiler's thread) and PostgreSQL backend on separate CPUs. Writes
 ``bench/results/profile-<name>.txt``: inclusive time per function, self time per function
 and the top of the call tree.
@@ -20,17 +21,22 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from aegis_shared.database import DatabaseManager
 from bench.common import (
     CATEGORIES,
+    ITEM_COLUMNS,
     PG_URL,
     RESULTS_DIR,
     ROOT,
     SEED_ROWS,
+    as_tuples,
+    asyncpg_dsn,
     make_rows,
+    pin_backend,
     pin_engine,
     pin_self,
     placements,
@@ -131,7 +137,9 @@ async def _profile(name: str, title: str, work: Callable[[], Awaitable[Any]], ca
     print(f"  {title}: written to {path.relative_to(ROOT)}")
 
 
-async def run(reads: int = 3_000, lists: int = 600, rows: int = 20_000) -> None:
+async def run(
+    reads: int = 3_000, lists: int = 600, rows: int = 20_000, copy_rows: int = 100_000
+) -> None:
     await recreate_database()
     placement = placements()["split"]
     pin_self(placement)
@@ -175,6 +183,22 @@ async def run(reads: int = 3_000, lists: int = 600, rows: int = 20_000) -> None:
             await session.flush()
             await session.commit()
 
+    copy_data = make_rows(copy_rows)
+    copy_tuples = as_tuples(copy_data)
+    conn = await asyncpg.connect(asyncpg_dsn())
+    pin_backend(conn.get_server_pid(), placement)
+
+    async def ours_copy_bulk() -> None:
+        async with BenchUnitOfWork(db) as uow:
+            await uow.items.create_many(copy_data, returning=False)
+            await uow.commit()
+
+    async def asyncpg_copy_bulk() -> None:
+        async with conn.transaction():
+            await conn.copy_records_to_table(
+                "bench_items", records=copy_tuples, columns=ITEM_COLUMNS
+            )
+
     try:
         for read in (ours_read, orm_read):
             await run_sequentially(read, ids[:300])  # warm-up
@@ -212,7 +236,22 @@ async def run(reads: int = 3_000, lists: int = 600, rows: int = 20_000) -> None:
         await _profile(
             "orm-add_all", f"SA ORM: add_all({rows:,} Items) + flush + commit", orm_bulk, rows
         )
+        await truncate_items()
+        await _profile(
+            "ours-create_many-returning-false",
+            f"ours: create_many({copy_rows:,} dicts, returning=False) + commit",
+            ours_copy_bulk,
+            copy_rows,
+        )
+        await truncate_items()
+        await _profile(
+            "asyncpg-copy",
+            f"asyncpg: copy_records_to_table({copy_rows:,} tuples) in a transaction",
+            asyncpg_copy_bulk,
+            copy_rows,
+        )
     finally:
+        await conn.close()
         await db.close()
         await engine.dispose()
         unpin_self()
