@@ -24,6 +24,23 @@ from aegis_shared.database import drivers
 from aegis_shared.errors.mapping import translate_dbapi_error
 
 
+def table_columns(mapper: Mapper[Any]) -> list[tuple[str, Column[Any]]]:
+    """(attribute key, column) of each mapped column of the model's own table."""
+    table = mapper.local_table
+    return [
+        (prop.key, column)
+        for prop in mapper.column_attrs
+        for column in prop.columns[:1]
+        if isinstance(column, Column) and column.table is table
+    ]
+
+
+def is_sql_expression(value: Any) -> bool:
+    """True for a SQL expression given as a value (``func.now()``), which the database
+    must evaluate rather than receive as data."""
+    return isinstance(value, ClauseElement) or hasattr(value, "__clause_element__")
+
+
 class _Columns:
     """What one model's bulk insert needs to know about its table, worked out once."""
 
@@ -31,11 +48,7 @@ class _Columns:
         table = mapper.local_table
         assert isinstance(table, Table)
         self.table = table
-        self.by_key: dict[str, Column[Any]] = {}
-        for prop in mapper.column_attrs:
-            column = prop.columns[0]
-            if isinstance(column, Column) and column.table is table:
-                self.by_key[prop.key] = column
+        self.by_key: dict[str, Column[Any]] = dict(table_columns(mapper))
 
     def unknown(self, keys: Iterable[str]) -> list[str]:
         return sorted(set(keys) - set(self.by_key))
@@ -60,14 +73,12 @@ def _default_filler(column: Column[Any]) -> Callable[[], Any] | None:
     """A function giving the column's Python-side default for one row, or ``None`` if the
     column has none (the server fills it, or it is NULL)."""
     default = column.default
-    if default is None or (
-        not getattr(default, "is_scalar", False) and not getattr(default, "is_callable", False)
-    ):
-        return None
     if getattr(default, "is_scalar", False):
-        value = default.arg  # type: ignore[attr-defined]
+        value = default.arg  # type: ignore[union-attr]
         return lambda: value
-    function = default.arg  # type: ignore[attr-defined]
+    if not getattr(default, "is_callable", False):
+        return None
+    function = default.arg  # type: ignore[union-attr]
     # SQLAlchemy wraps a no-argument default so that it takes the execution context; a
     # COPY has none, and the defaults this library ships (utcnow, uuid4) never read it.
     return lambda: function(None)
@@ -96,7 +107,7 @@ async def insert_rows(
                     f"{model_name} has no field {', '.join(map(repr, unknown))} to set; "
                     f"known: {', '.join(sorted(columns.by_key))}"
                 )
-            if any(_is_expression(value) for value in row.values()):
+            if any(is_sql_expression(value) for value in row.values()):
                 return None
             group = groups[keys] = []
         group.append(row)
@@ -115,10 +126,6 @@ async def insert_rows(
             result = await session.execute(statement, [_by_column(columns, r) for r in rows])
             written += int(getattr(result, "rowcount", len(rows)))
     return written
-
-
-def _is_expression(value: Any) -> bool:
-    return isinstance(value, ClauseElement) or hasattr(value, "__clause_element__")
 
 
 def _by_column(columns: _Columns, row: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.interfaces import ORMOption
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.compiler import InsertmanyvaluesSentinelOpts
-from sqlalchemy.sql.elements import ClauseElement
 
 from aegis_shared.database import bulk, fast_path
 from aegis_shared.errors.exceptions import EntityNotFoundError
@@ -39,6 +38,11 @@ def _whole_number(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
     return value
+
+
+def _order_name(item: str) -> tuple[str, bool]:
+    """The column name in an ``order_by`` string and whether it sorts descending."""
+    return item.lstrip("-+"), item.startswith("-")
 
 
 @dataclass(frozen=True)
@@ -149,19 +153,22 @@ class BaseRepository(Generic[ModelT]):
     def _skip(skip: int) -> int:
         return _whole_number("skip", skip, 0)
 
+    @staticmethod
+    def _order_items(order_by: OrderBy | Sequence[OrderBy] | None) -> list[OrderBy]:
+        if order_by is None:
+            return []
+        if isinstance(order_by, (str, ColumnElement, InstrumentedAttribute)):
+            return [order_by]
+        return list(order_by)
+
     def _ordering(self, order_by: OrderBy | Sequence[OrderBy] | None) -> list[Any]:
         if order_by is None:
             return list(self._mapper.primary_key)
-        items = (
-            [order_by]
-            if isinstance(order_by, (str, ColumnElement, InstrumentedAttribute))
-            else list(order_by)
-        )
         ordering: list[Any] = []
-        for item in items:
+        for item in self._order_items(order_by):
             if isinstance(item, str):
-                descending = item.startswith("-")
-                column = self._column(item.lstrip("-+"), "order by")
+                name, descending = _order_name(item)
+                column = self._column(name, "order by")
                 ordering.append(column.desc() if descending else column.asc())
             elif isinstance(item, (ColumnElement, InstrumentedAttribute)):
                 ordering.append(item)
@@ -253,13 +260,7 @@ class BaseRepository(Generic[ModelT]):
         return instances
 
     def _table_columns(self) -> list[tuple[str, Column[Any]]]:
-        table = self._mapper.local_table
-        return [
-            (prop.key, column)
-            for prop in self._mapper.column_attrs
-            for column in prop.columns[:1]
-            if isinstance(column, Column) and column.table is table
-        ]
+        return bulk.table_columns(self._mapper)
 
     def _insert_batches(
         self, instances: list[ModelT]
@@ -297,7 +298,7 @@ class BaseRepository(Generic[ModelT]):
                 value = state.dict.get(key)
                 if column.primary_key and value is not None:
                     return None
-                if isinstance(value, ClauseElement) or hasattr(value, "__clause_element__"):
+                if bulk.is_sql_expression(value):
                     return None
                 if value is None and not (key in state.dict and column.type.should_evaluate_none):
                     if not (column.primary_key or column.default or column.server_default):
@@ -404,18 +405,31 @@ class BaseRepository(Generic[ModelT]):
         reader = fast_path.reader_for(self._mapper, engine)
         return None if reader is None else (engine, reader)
 
+    async def _fast_rows(
+        self,
+        ready: tuple[Any, fast_path.ModelReader] | None,
+        kind: str,
+        shape: Any,
+        values: Mapping[str, Any],
+    ) -> list[Any] | None:
+        """Rows of a fast read of ``kind`` and ``shape``, or ``None`` for the ORM path."""
+        if ready is None:
+            return None
+        engine, reader = ready
+        rows = await fast_path.run(self.session, engine, reader.plan(kind, shape), values)
+        return None if isinstance(rows, fast_path.Unavailable) else rows
+
     async def _fast_get(self, id: Any) -> Any:
         ready = self._fast_reader() if id is not None else None
         if ready is None:
             return fast_path.UNAVAILABLE
-        engine, reader = ready
         cached = fast_path.cached_instance(self.session, self._mapper, id)
         if cached is not None:
             return cached
-        rows = await fast_path.run(self.session, engine, reader.plan("get", None), {"pk": id})
-        if isinstance(rows, fast_path.Unavailable):
-            return rows
-        return fast_path.attach(self.session, reader, rows[0]) if rows else None
+        rows = await self._fast_rows(ready, "get", None, {"pk": id})
+        if rows is None:
+            return fast_path.UNAVAILABLE
+        return fast_path.attach(self.session, ready[1], rows[0]) if rows else None
 
     async def get_one(self, id: Any, *, options: Sequence[ORMOption] | None = None) -> ModelT:
         """The row with primary key ``id``; raises ``EntityNotFoundError`` if there is none."""
@@ -456,45 +470,30 @@ class BaseRepository(Generic[ModelT]):
         skip: int,
         limit: int,
     ) -> Any:
-        ready = self._fast_reader()
+        items = self._order_items(order_by)
         shape = fast_path.filter_shape(filters)
-        if order_by is None:
-            ordering: tuple[str, ...] = ()
-        elif isinstance(order_by, str):
-            ordering = (order_by,)
-        elif not isinstance(order_by, (ColumnElement, InstrumentedAttribute)) and all(
-            isinstance(item, str) for item in order_by
-        ):
-            ordering = tuple(order_by)  # type: ignore[arg-type]
-        else:
+        if shape is None or not all(isinstance(item, str) for item in items):
             return fast_path.UNAVAILABLE  # column objects: compiled by the ORM each time
-        if ready is None or shape is None:
-            return fast_path.UNAVAILABLE
-        engine, reader = ready
-        filter_shape, values = shape
         keys = tuple(
-            ("-" if key.startswith("-") else "") + key.lstrip("-+") for key in ordering
+            ("-" if descending else "") + name
+            for name, descending in map(_order_name, items)  # type: ignore[arg-type]
         ) or (self._mapper.get_property_by_column(self._mapper.primary_key[0]).key,)
-        plan = reader.plan("list", (filter_shape, keys))
-        rows = await fast_path.run(
-            self.session, engine, plan, {**values, "limit": limit, "offset": skip}
-        )
-        if isinstance(rows, fast_path.Unavailable):
-            return rows
-        return [fast_path.attach(self.session, reader, row) for row in rows]
+        ready = self._fast_reader()
+        values = {**shape[1], "limit": limit, "offset": skip}
+        rows = await self._fast_rows(ready, "list", (shape[0], keys), values)
+        if ready is None or rows is None:
+            return fast_path.UNAVAILABLE
+        return [fast_path.attach(self.session, ready[1], row) for row in rows]
 
     async def count(self, filters: Filters | None = None) -> int:
         """Number of rows matching ``filters``."""
-        statement = select(func.count()).select_from(self.model).where(*self._conditions(filters))
-        ready = self._fast_reader()
+        conditions = self._conditions(filters)
         shape = fast_path.filter_shape(filters)
-        if ready is not None and shape is not None:
-            engine, reader = ready
-            rows = await fast_path.run(
-                self.session, engine, reader.plan("count", shape[0]), shape[1]
-            )
-            if not isinstance(rows, fast_path.Unavailable):
+        if shape is not None:
+            rows = await self._fast_rows(self._fast_reader(), "count", shape[0], shape[1])
+            if rows is not None:
                 return int(rows[0][0])
+        statement = select(func.count()).select_from(self.model).where(*conditions)
         return int(await self.session.scalar(statement) or 0)
 
     async def exists(self, id: Any = None, *, filters: Filters | None = None) -> bool:
