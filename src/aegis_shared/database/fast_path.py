@@ -114,7 +114,10 @@ def session_is_idle(session: AsyncSession) -> AsyncEngine | None:
     transaction = sync.get_transaction()
     if transaction is not None and transaction.origin.name != "AUTOBEGIN":
         return None
-    if sync.new or sync.deleted or sync.dirty:
+    # _is_clean() is stricter than "no new, deleted or dirty objects" (an attribute set
+    # back to its loaded value still counts) and, unlike those public properties, builds
+    # no sets; a false "not clean" only sends the read down the ORM path.
+    if not sync._is_clean():
         return None
     # Hooks that rewrite ORM statements (tenancy or soft-delete filters) must see every
     # read; ours (the lazy-load guard) is the one listener that may be present.
@@ -187,8 +190,12 @@ class ModelReader:
             # only a cursor knows (asyncpg's Numeric and Float): leave those to the ORM.
             self.eligible = False
             return
+        self.converts = any(process is not None for process in self.result_processors)
         (pk,) = mapper.primary_key
         self.pk_index = next(i for i, column in enumerate(self.columns) if column is pk)
+        # What identity_key_from_primary_key builds; without inheritance (see _eligible)
+        # the identity class is the model itself and the identity token is None.
+        self.identity_class = mapper._identity_class
 
     @staticmethod
     def _eligible(mapper: Mapper[Any]) -> bool:
@@ -374,40 +381,51 @@ async def run(
             await greenlet_spawn(connection.close)
 
 
-def attach(session: AsyncSession, reader: ModelReader, row: Sequence[Any]) -> Any:
-    """The session's object for ``row``: the one it already holds, or a new persistent one.
+def attach(session: AsyncSession, reader: ModelReader, rows: Sequence[Sequence[Any]]) -> list[Any]:
+    """The session's objects for ``rows``: the ones it already holds, or new persistent ones.
 
     As on an ORM load, an object the session already holds keeps its (possibly changed)
     values; only attributes it had expired are filled in from the row.
     """
-    values = reader.values(row)
-    mapper = reader.mapper
-    key = mapper.identity_key_from_primary_key((values[reader.pk_index],))
-    existing = session.identity_map.get(key)
-    if existing is not None:
-        expired = instance_state(existing).expired_attributes
-        if expired:
-            for name, value in zip(reader.keys, values, strict=True):
-                if name in expired:
-                    set_committed_value(existing, name, value)
-        return existing
-    # What the ORM's own loader (orm/loading.py) does for a row it has not seen: a new
-    # instance whose values count as loaded and unchanged, keyed and placed straight into
-    # the identity map. The public route (make_transient_to_detached + session.add) costs
-    # three times as much per row, most of it in cascades that a fresh row cannot have.
-    # These are SQLAlchemy internals, stable across 2.0 and 2.1; the <2.2 pin and the
-    # fast-path tests guard them.
     sync = session.sync_session
-    instance = mapper.class_manager.new_instance()
-    state = instance_state(instance)
-    state.key = key
-    state.identity_token = None
-    state.session_id = sync.hash_key
-    sync.identity_map._add_unpresent(state, key)
-    instance.__dict__.update(zip(reader.keys, values, strict=True))
-    if sync.dispatch.loaded_as_persistent:
-        sync.dispatch.loaded_as_persistent(sync, state)
-    return instance
+    identity_map = sync.identity_map
+    keys = reader.keys
+    pk_index = reader.pk_index
+    identity_class = reader.identity_class
+    new_instance = reader.mapper.class_manager.new_instance
+    hash_key = sync.hash_key
+    loaded = sync.dispatch.loaded_as_persistent
+    announce = bool(loaded)
+    convert = reader.values if reader.converts else None
+    out = []
+    for row in rows:
+        values = convert(row) if convert is not None else row
+        key = (identity_class, (values[pk_index],), None)
+        existing = identity_map.get(key)
+        if existing is not None:
+            expired = instance_state(existing).expired_attributes
+            if expired:
+                for name, value in zip(keys, values, strict=True):
+                    if name in expired:
+                        set_committed_value(existing, name, value)
+            out.append(existing)
+            continue
+        # What the ORM's own loader (orm/loading.py) does for a row it has not seen: a
+        # new instance whose values count as loaded and unchanged, keyed and placed
+        # straight into the identity map. The public route (make_transient_to_detached +
+        # session.add) costs three times as much per row, most of it in cascades that a
+        # fresh row cannot have. These are SQLAlchemy internals, stable across 2.0 and
+        # 2.1; the <2.2 pin and the fast-path tests guard them.
+        instance = new_instance()
+        state = instance_state(instance)
+        state.key = key  # identity_token keeps its class default, None
+        state.session_id = hash_key
+        identity_map._add_unpresent(state, key)
+        instance.__dict__.update(zip(keys, values, strict=True))
+        if announce:
+            loaded(sync, state)
+        out.append(instance)
+    return out
 
 
 def cached_instance(session: AsyncSession, mapper: Mapper[Any], id: Any) -> Any:

@@ -6,6 +6,7 @@ them, and never commits: the unit of work, the request or the caller owns the tr
 
 from __future__ import annotations
 
+import builtins
 import math
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -114,20 +115,31 @@ class BaseRepository(Generic[ModelT]):
     def _name(self) -> str:
         return self.model.__name__
 
-    def _column(self, name: str, purpose: str) -> InstrumentedAttribute[Any]:
+    def _check_column(self, name: Any, purpose: str) -> str:
         if not isinstance(name, str) or name not in self._mapper.column_attrs:
             known = ", ".join(sorted(self._mapper.column_attrs.keys()))
             raise ValueError(f"{self._name} has no column {name!r} to {purpose}; known: {known}")
-        attribute: InstrumentedAttribute[Any] = getattr(self.model, name)
+        return name
+
+    def _column(self, name: str, purpose: str) -> InstrumentedAttribute[Any]:
+        attribute: InstrumentedAttribute[Any] = getattr(
+            self.model, self._check_column(name, purpose)
+        )
         return attribute
 
-    def _conditions(self, filters: Filters | None) -> list[ColumnElement[bool]]:
+    def _check_filters(self, filters: Filters | None) -> Filters:
+        """``filters`` once every name is a column; builds no SQL (the fast path needs none)."""
         if filters is None:
-            return []
+            return {}
         if not isinstance(filters, Mapping):
             raise ValueError(f"filters must be a mapping of column name to value, got {filters!r}")
+        for name in filters:
+            self._check_column(name, "filter on")
+        return filters
+
+    def _conditions(self, filters: Filters | None) -> list[ColumnElement[bool]]:
         conditions: list[ColumnElement[bool]] = []
-        for name, value in filters.items():
+        for name, value in self._check_filters(filters).items():
             column = self._column(name, "filter on")
             if value is None:
                 conditions.append(column.is_(None))
@@ -161,6 +173,28 @@ class BaseRepository(Generic[ModelT]):
             return [order_by]
         return list(order_by)
 
+    def _order_keys(self, order_by: OrderBy | Sequence[OrderBy] | None) -> tuple[str, ...] | None:
+        """``order_by`` checked, as names (``-name`` descending; the primary key when
+        empty), or ``None`` when it holds column objects, which only the ORM compiles."""
+        keys: list[str] | None = []
+        for item in self._order_items(order_by):
+            if isinstance(item, str):
+                name, descending = _order_name(item)
+                self._check_column(name, "order by")
+                if keys is not None:
+                    keys.append(("-" if descending else "") + name)
+            elif isinstance(item, (ColumnElement, InstrumentedAttribute)):
+                keys = None
+            else:
+                raise ValueError(
+                    f"order_by takes column names ('name', '-created_at') or columns, got {item!r}"
+                )
+        if keys is None:
+            return None
+        return tuple(keys) or (
+            self._mapper.get_property_by_column(self._mapper.primary_key[0]).key,
+        )
+
     def _ordering(self, order_by: OrderBy | Sequence[OrderBy] | None) -> list[Any]:
         if order_by is None:
             return list(self._mapper.primary_key)
@@ -170,12 +204,8 @@ class BaseRepository(Generic[ModelT]):
                 name, descending = _order_name(item)
                 column = self._column(name, "order by")
                 ordering.append(column.desc() if descending else column.asc())
-            elif isinstance(item, (ColumnElement, InstrumentedAttribute)):
-                ordering.append(item)
             else:
-                raise ValueError(
-                    f"order_by takes column names ('name', '-created_at') or columns, got {item!r}"
-                )
+                ordering.append(item)
         return ordering
 
     def _values(self, data: Mapping[str, Any], purpose: str) -> dict[str, Any]:
@@ -429,7 +459,7 @@ class BaseRepository(Generic[ModelT]):
         rows = await self._fast_rows(ready, "get", None, {"pk": id})
         if rows is None:
             return fast_path.UNAVAILABLE
-        return fast_path.attach(self.session, ready[1], rows[0]) if rows else None
+        return fast_path.attach(self.session, ready[1], rows)[0] if rows else None
 
     async def get_one(self, id: Any, *, options: Sequence[ORMOption] | None = None) -> ModelT:
         """The row with primary key ``id``; raises ``EntityNotFoundError`` if there is none."""
@@ -449,14 +479,15 @@ class BaseRepository(Generic[ModelT]):
         """Rows matching ``filters`` (``None`` means IS NULL, a list means IN), ordered by
         ``order_by`` (column names, ``-name`` for descending; the primary key by default),
         ``limit`` rows (100 by default) from ``skip``."""
-        conditions = self._conditions(filters)
-        ordering = self._ordering(order_by)
+        self._check_filters(filters)
+        keys = self._order_keys(order_by)
         skip, limit = self._skip(skip), self._limit(limit)
-        if not options:
-            rows = await self._fast_list(filters, order_by, skip, limit)
-            if rows is not fast_path.UNAVAILABLE:
-                return rows  # type: ignore[no-any-return]
-        statement = select(self.model).where(*conditions).order_by(*ordering)
+        if not options and keys is not None:
+            rows = await self._fast_list(filters, keys, skip, limit)
+            if rows is not None:
+                return rows
+        statement = select(self.model).where(*self._conditions(filters))
+        statement = statement.order_by(*self._ordering(order_by))
         statement = statement.offset(skip).limit(limit)
         if options:
             statement = statement.options(*options)
@@ -464,36 +495,24 @@ class BaseRepository(Generic[ModelT]):
         return list(result.all())
 
     async def _fast_list(
-        self,
-        filters: Filters | None,
-        order_by: OrderBy | Sequence[OrderBy] | None,
-        skip: int,
-        limit: int,
-    ) -> Any:
-        items = self._order_items(order_by)
+        self, filters: Filters | None, keys: tuple[str, ...], skip: int, limit: int
+    ) -> builtins.list[ModelT] | None:
         shape = fast_path.filter_shape(filters)
-        if shape is None or not all(isinstance(item, str) for item in items):
-            return fast_path.UNAVAILABLE  # column objects: compiled by the ORM each time
-        keys = tuple(
-            ("-" if descending else "") + name
-            for name, descending in map(_order_name, items)  # type: ignore[arg-type]
-        ) or (self._mapper.get_property_by_column(self._mapper.primary_key[0]).key,)
-        ready = self._fast_reader()
+        ready = self._fast_reader() if shape is not None else None
+        if ready is None or shape is None:
+            return None
         values = {**shape[1], "limit": limit, "offset": skip}
         rows = await self._fast_rows(ready, "list", (shape[0], keys), values)
-        if ready is None or rows is None:
-            return fast_path.UNAVAILABLE
-        return [fast_path.attach(self.session, ready[1], row) for row in rows]
+        return None if rows is None else fast_path.attach(self.session, ready[1], rows)
 
     async def count(self, filters: Filters | None = None) -> int:
         """Number of rows matching ``filters``."""
-        conditions = self._conditions(filters)
-        shape = fast_path.filter_shape(filters)
+        shape = fast_path.filter_shape(self._check_filters(filters))
         if shape is not None:
             rows = await self._fast_rows(self._fast_reader(), "count", shape[0], shape[1])
             if rows is not None:
                 return int(rows[0][0])
-        statement = select(func.count()).select_from(self.model).where(*conditions)
+        statement = select(func.count()).select_from(self.model).where(*self._conditions(filters))
         return int(await self.session.scalar(statement) or 0)
 
     async def exists(self, id: Any = None, *, filters: Filters | None = None) -> bool:
