@@ -36,7 +36,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy import Enum as SAEnum
-from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.exc import InvalidRequestError, StatementError
 from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncSession
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -333,6 +333,31 @@ async def test_values_round_trip_with_their_python_types(db: DatabaseManager) ->
             assert got[key] == (type(value), value), key
         assert got["created_at"][1].tzinfo is not None
         assert got["created_at"][1].utcoffset() == timedelta(0)
+
+
+async def test_bulk_load_stores_what_the_orm_stores(db: DatabaseManager) -> None:
+    """create_many(returning=False) (COPY on PostgreSQL) converts values exactly as the ORM
+    does, including the ones it lets skip a converter (a bool for a boolean column) and
+    the ones it may not (1 and 0 for a boolean become True and False)."""
+    rows = [dict(values) for values in GADGETS]
+    rows[0]["active"], rows[1]["active"] = 1, 0
+    orm_ids = await seed_gadgets(db)
+    async with db.session() as session:
+        assert await GadgetRepository(session).create_many(rows, returning=False) == len(rows)
+    async with db.session() as session:
+        stored = await GadgetRepository(session).list(limit=2 * len(rows))
+    by_orm, by_bulk = stored[: len(orm_ids)], stored[len(orm_ids) :]
+    for orm_row, bulk_row in zip(by_orm, by_bulk, strict=True):
+        orm_values, bulk_values = columns_of(orm_row), columns_of(bulk_row)
+        for key in ("id", "created_at", "updated_at"):
+            orm_values.pop(key), bulk_values.pop(key)
+        assert bulk_values == orm_values
+    # The ORM path wraps the type's error in StatementError; COPY raises it as it is.
+    with pytest.raises((TypeError, StatementError), match="Not a boolean value"):
+        async with db.session() as session:
+            await GadgetRepository(session).create_many(
+                [{**GADGETS[0], "active": "yes"}], returning=False
+            )
 
 
 @pytest.mark.parametrize("filters", FILTERS, ids=repr)

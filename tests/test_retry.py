@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -123,6 +124,24 @@ async def test_unreachable_server_raises_connection_error_without_retry_decorato
             await session.execute("SELECT 1")
     assert caught.value.__cause__ is not None
     assert await unreachable.health_check() is False
+
+
+async def test_a_failed_sqlite_connect_leaves_no_driver_thread_behind(tmp_path: Any) -> None:
+    """aiosqlite stops its worker thread without waiting when a connect fails; a thread
+    still running when the event loop closes dies with "Event loop is closed"."""
+    def driver_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if "_connection_worker_thread" in t.name}
+
+    manager = DatabaseManager(f"sqlite+aiosqlite:///{tmp_path}/missing-dir/app.db")
+    before = driver_threads()
+    try:
+        for _ in range(5):
+            with pytest.raises(DatabaseConnectionError):
+                async with manager.session() as session:
+                    await session.execute("SELECT 1")
+            assert driver_threads() - before == set()
+    finally:
+        await manager.close()
 
 
 async def test_bare_decorator_makes_three_attempts_without_a_default_manager(

@@ -13,12 +13,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Column, Table, insert
+from sqlalchemy import Boolean, Column, Table, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapper
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.types import TypeEngine
 
 from aegis_shared.database import drivers
 from aegis_shared.errors.mapping import translate_dbapi_error
@@ -149,9 +150,7 @@ async def _copy(
         if key not in present and (filler := _default_filler(column)) is not None
     }
     keys = present + list(fillers)
-    processors = [
-        columns.by_key[key].type.dialect_impl(dialect).bind_processor(dialect) for key in keys
-    ]
+    processors = [_converter(columns.by_key[key].type, dialect) for key in keys]
     records = _records(rows, present, list(fillers.values()), processors)
     connection = await session.connection()
     raw = await connection.get_raw_connection()
@@ -178,7 +177,7 @@ def _records(
     rows: list[Mapping[str, Any]],
     present: list[str],
     fillers: list[Callable[[], Any]],
-    processors: Sequence[Callable[[Any], Any] | None],
+    processors: Sequence[tuple[Callable[[Any], Any], type | None] | None],
 ) -> Iterable[tuple[Any, ...]]:
     """The rows as tuples in COPY column order, defaults filled and values converted.
 
@@ -186,15 +185,33 @@ def _records(
     """
     get = itemgetter(*present)
     single = len(present) == 1
-    converting = [(i, p) for i, p in enumerate(processors) if p is not None]
+    converting = [(i, *p) for i, p in enumerate(processors) if p is not None]
     for row in rows:
         values = (get(row),) if single else get(row)
         if fillers:
             values = values + tuple([fill() for fill in fillers])
         if converting:
             converted = list(values)
-            for index, process in converting:
-                if converted[index] is not None:
-                    converted[index] = process(converted[index])
+            for index, process, ready in converting:
+                value = converted[index]
+                if value is not None and type(value) is not ready:
+                    converted[index] = process(value)
             values = tuple(converted)
         yield values
+
+
+def _converter(
+    type_: TypeEngine[Any], dialect: Dialect
+) -> tuple[Callable[[Any], Any], type | None] | None:
+    """The column type's bind processor, and the value type it would return unchanged.
+
+    Values of that exact type skip the call: with a native boolean, Boolean's processor
+    only checks that a bool is a bool, and was a third of the per-row work of a COPY.
+    Any other value still goes through it, to be converted or rejected as on the ORM path.
+    """
+    process = type_.dialect_impl(dialect).bind_processor(dialect)
+    if process is None:
+        return None
+    plain_boolean = type(type_).bind_processor is Boolean.bind_processor  # not overridden
+    ready = bool if plain_boolean and dialect.supports_native_boolean else None
+    return process, ready

@@ -7,11 +7,13 @@ engine set-up.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import aiosqlite
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.engine.interfaces import DBAPIConnection, ExecutionContext
@@ -98,6 +100,24 @@ class MariaDBProfile(DialectProfile):
             cursor.close()
 
 
+async def _open_sqlite(*args: Any, **kwargs: Any) -> aiosqlite.Connection:
+    """``aiosqlite.connect``; when it fails, wait until its worker thread has ended.
+
+    Why: on a failed connect aiosqlite stops its thread without waiting for it, and the
+    thread then reports back to the event loop. If the loop has closed meanwhile (a
+    start-up that fails and exits, a test that ends) the thread dies with "Event loop is
+    closed". SQLAlchemy's own creator also makes the thread a daemon; so do we.
+    """
+    connection = aiosqlite.connect(*args, **kwargs)
+    thread: Any = getattr(connection, "_thread", connection)  # a Thread itself before 0.22
+    thread.daemon = True
+    try:
+        return await connection
+    except Exception:
+        await asyncio.to_thread(thread.join, 5.0)
+        raise
+
+
 class SQLiteProfile(DialectProfile):
     """aiosqlite as a real embedded database.
 
@@ -113,7 +133,7 @@ class SQLiteProfile(DialectProfile):
     name = "sqlite"
 
     def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
-        return {"timeout": options.sqlite_busy_timeout}
+        return {"timeout": options.sqlite_busy_timeout, "async_creator_fn": _open_sqlite}
 
     def engine_kwargs(self) -> dict[str, Any]:
         # The pool's own reset sends a rollback through aiosqlite's thread even when no
