@@ -190,14 +190,15 @@ def _records(
         values = (get(row),) if single else get(row)
         if fillers:
             values = values + tuple([fill() for fill in fillers])
-        if converting:
-            converted = list(values)
-            for index, process, ready in converting:
-                value = converted[index]
-                if value is not None and type(value) is not ready:
-                    converted[index] = process(value)
-            values = tuple(converted)
-        yield values
+        converted = None
+        for index, process, ready in converting:
+            value = values[index]
+            if value is not None and type(value) is not ready:
+                if converted is None:
+                    converted = list(values)
+                converted[index] = process(value)
+        # Rows that need no conversion go out as they are: fewer objects, fewer GC passes.
+        yield values if converted is None else tuple(converted)
 
 
 def _converter(
