@@ -271,7 +271,7 @@ _readers: weakref.WeakKeyDictionary[Dialect, dict[Mapper[Any], ModelReader]] = (
 
 def reader_for(mapper: Mapper[Any], engine: AsyncEngine) -> ModelReader | None:
     """The model's reader on ``engine``'s dialect, or ``None`` if the model needs the ORM."""
-    dialect = engine.dialect
+    dialect = engine.sync_engine.dialect  # AsyncEngine.dialect is a slower proxy
     by_mapper = _readers.get(dialect)
     if by_mapper is None:
         by_mapper = _readers[dialect] = {}
