@@ -10,7 +10,10 @@ A project's ``alembic/env.py`` becomes::
 The URL comes from ``DATABASE_URL`` (through :class:`~aegis_shared.config.Settings`) unless
 ``sqlalchemy.url`` is set in ``alembic.ini`` or passed in. ``alembic revision
 --autogenerate`` and ``alembic upgrade head`` then run through the same async driver as the
-application, SQLite included (batch mode, so ALTERs work there).
+application, SQLite included (batch mode, so ALTERs work there). Indexes and constraints
+declared with ``ddl_if(dialect=...)`` are left out where ``create_all`` leaves them out, and
+column types from other packages (``aegis_shared.models.types.UTCDateTime``) are imported
+by the migrations that use them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from aegis_shared.database.urls import normalize_url
 
 
+def _backend(url: str) -> str:
+    return normalize_url(url).get_backend_name()
+
+
 def _url(url: str | None) -> str:
     if url:
         return url
@@ -37,13 +44,58 @@ def _url(url: str | None) -> str:
     return Settings().database_url
 
 
+def _made_on(item: Any, dialect_name: str) -> bool:
+    """False for a schema item whose ``ddl_if(dialect=...)`` leaves ``dialect_name`` out.
+
+    Why: ``metadata.create_all`` honours ``ddl_if`` but Alembic's autogenerate does not,
+    so without this a migration would create, say, the session table's ``expires_at``
+    index on PostgreSQL (where leaving it out keeps touches HOT) and propose it again on
+    every run. ``_ddl_if`` is where SQLAlchemy 2 keeps the condition.
+    """
+    condition = getattr(item, "_ddl_if", None)
+    wanted = getattr(condition, "dialect", None)
+    if wanted is None:
+        return True
+    return dialect_name == wanted if isinstance(wanted, str) else dialect_name in wanted
+
+
+def _include_object(dialect_name: str, user_filter: Any) -> Any:
+    def include_object(
+        item: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+    ) -> bool:
+        if not reflected and not _made_on(item, dialect_name):
+            return False
+        return user_filter is None or bool(user_filter(item, name, type_, reflected, compare_to))
+
+    return include_object
+
+
+def _render_item(user_render: Any) -> Any:
+    def render_item(type_: str, item: Any, autogen_context: Any) -> Any:
+        if user_render is not None:
+            rendered = user_render(type_, item, autogen_context)
+            if rendered is not False:
+                return rendered
+        module = type(item).__module__
+        if type_ == "type" and not module.startswith("sqlalchemy"):
+            # Alembic writes a type of ours as aegis_shared.models.types.UTCDateTime(...)
+            # but imports only sqlalchemy: without this the migration fails to import.
+            autogen_context.imports.add(f"import {module}")
+        return False  # Alembic's own rendering
+
+    return render_item
+
+
 def _configure(connection: Connection | None, metadata: MetaData, url: str, **extra: Any) -> None:
+    dialect_name = connection.dialect.name if connection is not None else _backend(url)
     options: dict[str, Any] = {
         "target_metadata": metadata,
         "compare_type": True,
         "render_as_batch": url.startswith("sqlite"),
     }
     options.update(extra)
+    options["include_object"] = _include_object(dialect_name, extra.get("include_object"))
+    options["render_item"] = _render_item(extra.get("render_item"))
     if connection is None:
         context.configure(url=url, literal_binds=True, **options)
     else:

@@ -1,18 +1,39 @@
-"""FastAPI / Starlette glue: the per-request session middleware and error handlers.
+"""FastAPI / Starlette glue: the per-request database session, the session cookie and
+error handlers.
 
-Needs the ``fastapi`` extra (``pip install aegis-shared[fastapi]``) for the error handlers;
-the middleware is plain ASGI.
+Needs the ``fastapi`` extra (``pip install aegis-shared[fastapi]``) for the error handlers
+and the session cookie; the database session middleware is plain ASGI.
 """
+
+from typing import TYPE_CHECKING
 
 from aegis_shared.web.middleware import DatabaseSessionMiddleware
 
-__all__ = ["DatabaseSessionMiddleware", "install_error_handlers"]
+if TYPE_CHECKING:
+    from aegis_shared.web.errors import install_error_handlers
+    from aegis_shared.web.sessions import HttpSession, SessionMiddleware, current_session
+
+__all__ = [
+    "DatabaseSessionMiddleware",
+    "HttpSession",
+    "SessionMiddleware",
+    "current_session",
+    "install_error_handlers",
+]
+
+_NEEDS_STARLETTE = {
+    "install_error_handlers": "aegis_shared.web.errors",
+    "HttpSession": "aegis_shared.web.sessions",
+    "SessionMiddleware": "aegis_shared.web.sessions",
+    "current_session": "aegis_shared.web.sessions",
+}
 
 
 def __getattr__(name: str) -> object:
-    # Imported lazily so the middleware works without Starlette installed.
-    if name == "install_error_handlers":
-        from aegis_shared.web.errors import install_error_handlers
+    # Imported lazily so the database middleware works without Starlette installed.
+    module = _NEEDS_STARLETTE.get(name)
+    if module is None:
+        raise AttributeError(name)
+    import importlib
 
-        return install_error_handlers
-    raise AttributeError(name)
+    return getattr(importlib.import_module(module), name)
