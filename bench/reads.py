@@ -51,6 +51,7 @@ OURS = "ours: UnitOfWork + get_by_id"
 ORM = "SA ORM: AsyncSession.get"
 AA = "Advanced Alchemy: repository.get"
 PG_POOL = "asyncpg pool"
+SA_POOL_FLOOR = "SA pool + asyncpg fetchrow"
 BASELINE = PG_POOL
 
 
@@ -180,6 +181,21 @@ class AdvancedAlchemy(SAContender):
             return await AAItemRepository(session=session).get(id)
 
 
+class SAPoolDriver(SAContender):
+    name = SA_POOL_FLOOR
+    note = (
+        "reference only: engine.raw_connection() + asyncpg fetchrow + close, no session; "
+        "the floor for any read through SQLAlchemy's pool"
+    )
+
+    async def read(self, id: int) -> Any:
+        connection = await self.engine.raw_connection()
+        try:
+            return await connection.driver_connection.fetchrow(SQL, id)
+        finally:
+            connection.close()
+
+
 class Ours(Contender):
     name = OURS
     note = "new BenchUnitOfWork(db) per read"
@@ -204,6 +220,7 @@ CONTENDERS: list[type[Contender]] = [
     CorePerRead,
     OrmSession,
     AdvancedAlchemy,
+    SAPoolDriver,
     Ours,
 ]
 
