@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -136,3 +137,54 @@ async def test_empty_input(db: DatabaseManager) -> None:
         async with db.session() as session:
             assert await UserRepository(session).create_many([], returning=False) == 0
     assert counter.count == 0
+
+
+# -- skip_duplicates --------------------------------------------------------------------------
+
+
+async def test_skip_duplicates_leaves_out_taken_keys_and_keeps_the_rest(
+    db: DatabaseManager,
+) -> None:
+    async with db.session() as session:
+        await UserRepository(session).create_many(_users(3), returning=False)
+    rows = _users(5)  # u0..u2 exist, u3 and u4 are new
+    rows.append({"email": "u3@example.com", "name": "U3 again"})  # a duplicate in the input
+    async with db.session() as session:
+        written = await UserRepository(session).create_many(
+            rows, returning=False, skip_duplicates=True
+        )
+    # MariaDB counts the rows it matched, not those it inserted.
+    assert written == (len(rows) if db.dialect_name in ("mysql", "mariadb") else 2)
+    async with db.session() as session:
+        users = (await session.execute(select(User.email, User.name).order_by(User.email))).all()
+    assert [tuple(u) for u in users] == [(f"u{i}@example.com", f"U{i}") for i in range(5)]
+
+
+async def test_skip_duplicates_does_not_hide_other_errors(db: DatabaseManager) -> None:
+    with pytest.raises(ForeignKeyViolationError):
+        async with db.session() as session:
+            await PostRepository(session).create_many(
+                [{"user_id": 999_999, "title": "orphan"}], returning=False, skip_duplicates=True
+            )
+
+
+async def test_concurrent_skipping_inserts_of_one_key_store_it_once(db: DatabaseManager) -> None:
+    async def add() -> None:
+        async with db.session() as session:
+            await UserRepository(session).create_many(
+                [{"email": "same@example.com", "name": "S"}], returning=False, skip_duplicates=True
+            )
+
+    await asyncio.gather(*(add() for _ in range(20)))
+    assert await _user_count(db) == 1
+
+
+async def test_skip_duplicates_needs_plain_rows(db: DatabaseManager) -> None:
+    async with db.session() as session:
+        repository = UserRepository(session)
+        with pytest.raises(ValueError, match="pass returning=False too"):
+            await repository.create_many(_users(1), skip_duplicates=True)  # type: ignore[call-overload]
+        user = await repository.create({"email": "p@example.com", "name": "P"})
+        posts = [Post(user_id=user.id, title="t", comments=[Comment(body="c")])]
+        with pytest.raises(ValueError, match="takes rows of column values"):
+            await PostRepository(session).create_many(posts, returning=False, skip_duplicates=True)

@@ -129,6 +129,7 @@ async def test_unreachable_server_raises_connection_error_without_retry_decorato
 async def test_a_failed_sqlite_connect_leaves_no_driver_thread_behind(tmp_path: Any) -> None:
     """aiosqlite stops its worker thread without waiting when a connect fails; a thread
     still running when the event loop closes dies with "Event loop is closed"."""
+
     def driver_threads() -> set[threading.Thread]:
         return {t for t in threading.enumerate() if "_connection_worker_thread" in t.name}
 

@@ -14,6 +14,7 @@ from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Boolean, Column, Table, insert
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapper
@@ -86,11 +87,19 @@ def _default_filler(column: Column[Any]) -> Callable[[], Any] | None:
 
 
 async def insert_rows(
-    session: AsyncSession, mapper: Mapper[Any], entities: Iterable[Any], model_name: str
+    session: AsyncSession,
+    mapper: Mapper[Any],
+    entities: Iterable[Any],
+    model_name: str,
+    *,
+    skip_duplicates: bool = False,
 ) -> int | None:
     """Insert ``entities`` (mappings or transient instances) and return how many rows
     were written, or ``None`` when they need the ORM's flush (relationships, events, SQL
-    expressions as values)."""
+    expressions as values).
+
+    With ``skip_duplicates`` a row that would break a unique constraint is left out
+    instead of failing the statement (see :func:`_insert_new`)."""
     columns = _Columns(mapper)
     groups: dict[frozenset[str], list[Mapping[str, Any]]] = {}
     for entity in entities:
@@ -120,12 +129,54 @@ async def insert_rows(
     dialect = session.get_bind(mapper=mapper).dialect
     written = 0
     for keys, rows in groups.items():
-        if dialect.name == "postgresql":
+        if skip_duplicates:
+            written += await _insert_new(session, columns, rows, dialect)
+        elif dialect.name == "postgresql":
             written += await _copy(session, columns, sorted(keys), rows, dialect)
         else:
             statement = insert(columns.table)
             result = await session.execute(statement, [_by_column(columns, r) for r in rows])
             written += int(getattr(result, "rowcount", len(rows)))
+    return written
+
+
+#: Bind parameters one statement may carry, by dialect (SQLite's is its oldest default).
+_MAX_PARAMETERS = {"postgresql": 32767, "sqlite": 999, "mysql": 65535, "mariadb": 65535}
+
+
+def _skipping_insert(table: Table, dialect: Dialect) -> Any:
+    """An INSERT that leaves out rows whose unique key is already taken, and only those.
+
+    PostgreSQL and SQLite: ``ON CONFLICT DO NOTHING``. MariaDB/MySQL: ``ON DUPLICATE KEY
+    UPDATE`` setting the primary key to itself, a no-op; not ``INSERT IGNORE``, which
+    would also turn foreign-key and NOT NULL violations into silently skipped or altered
+    rows.
+    """
+    if dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    if dialect.name in ("mysql", "mariadb"):
+        pk = next(iter(table.primary_key.columns))
+        return mysql.insert(table).on_duplicate_key_update({pk.name: pk})
+    raise NotImplementedError(f"skip_duplicates is not available on {dialect.name}")
+
+
+async def _insert_new(
+    session: AsyncSession, columns: _Columns, rows: list[Mapping[str, Any]], dialect: Dialect
+) -> int:
+    """Insert ``rows`` (all with the same keys), skipping duplicates; returns the number
+    of rows inserted (on MariaDB, which counts a skipped row as matched: the number of
+    rows given)."""
+    per_statement = max(
+        1, min(1000, _MAX_PARAMETERS.get(dialect.name, 999) // max(1, len(rows[0])))
+    )
+    written = 0
+    for start in range(0, len(rows), per_statement):
+        batch = [_by_column(columns, row) for row in rows[start : start + per_statement]]
+        # One multi-row VALUES statement, so the driver reports one row count for it.
+        result = await session.execute(_skipping_insert(columns.table, dialect).values(batch))
+        written += int(getattr(result, "rowcount", len(batch)))
     return written
 
 

@@ -428,9 +428,9 @@ def attach(session: AsyncSession, reader: ModelReader, rows: Sequence[Sequence[A
     return out
 
 
-def cached_instance(session: AsyncSession, mapper: Mapper[Any], id: Any) -> Any:
+def cached_instance(session: AsyncSession, reader: ModelReader, id: Any) -> Any:
     """The object the session already holds for ``id`` with nothing expired, else ``None``."""
-    existing = session.identity_map.get(mapper.identity_key_from_primary_key((id,)))
+    existing = session.sync_session.identity_map.get((reader.identity_class, (id,), None))
     if existing is None or instance_state(existing).expired_attributes:
         return None
     return existing

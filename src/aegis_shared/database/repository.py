@@ -254,11 +254,19 @@ class BaseRepository(Generic[ModelT]):
 
     @overload
     async def create_many(
-        self, entities: Iterable[ModelT | Mapping[str, Any]], *, returning: Literal[False]
+        self,
+        entities: Iterable[ModelT | Mapping[str, Any]],
+        *,
+        returning: Literal[False],
+        skip_duplicates: bool = False,
     ) -> int: ...
 
     async def create_many(
-        self, entities: Iterable[ModelT | Mapping[str, Any]], *, returning: bool = True
+        self,
+        entities: Iterable[ModelT | Mapping[str, Any]],
+        *,
+        returning: bool = True,
+        skip_duplicates: bool = False,
     ) -> list[ModelT] | int:
         """Add many rows: one INSERT per batch of rows, never one per row.
 
@@ -276,12 +284,32 @@ class BaseRepository(Generic[ModelT]):
         which cannot return the rows of a multi-row INSERT in order. The instances come back
         persistent in the session with their ids and defaults, as after a flush. Anything
         else (relationships set, ids given, insert or flush events, ...) is flushed normally.
+
+        ``skip_duplicates=True`` (with ``returning=False``) leaves out rows whose unique
+        key (primary key or a unique constraint) is already taken, also by a concurrent
+        transaction, instead of raising ``DuplicateEntityError``: adding the same thing
+        twice, or from 100 requests at once, stores it once. Returns the rows inserted
+        (MariaDB reports skipped rows as matched, so there: the rows given). Rows go out
+        as multi-row ``INSERT ... ON CONFLICT DO NOTHING`` (MariaDB: ``ON DUPLICATE KEY
+        UPDATE`` as a no-op), never COPY, and must be plain column values.
         """
+        if skip_duplicates and returning:
+            raise ValueError(
+                "create_many(skip_duplicates=True) returns the number of rows inserted, not "
+                "objects: pass returning=False too"
+            )
         if not returning:
             items = list(entities)
-            written = await bulk.insert_rows(self.session, self._mapper, items, self._name)
+            written = await bulk.insert_rows(
+                self.session, self._mapper, items, self._name, skip_duplicates=skip_duplicates
+            )
             if written is not None:
                 return written
+            if skip_duplicates:
+                raise ValueError(
+                    "create_many(skip_duplicates=True) takes rows of column values; these "
+                    "need the ORM (related objects, SQL expressions or persistent instances)"
+                )
             flushed = [self._build(entity) for entity in items]
             self.session.add_all(flushed)
             await self.session.flush()
@@ -462,7 +490,7 @@ class BaseRepository(Generic[ModelT]):
         ready = self._fast_reader() if id is not None else None
         if ready is None:
             return fast_path.UNAVAILABLE
-        cached = fast_path.cached_instance(self.session, self._mapper, id)
+        cached = fast_path.cached_instance(self.session, ready[1], id)
         if cached is not None:
             return cached
         rows = await self._fast_rows(ready, "get", None, {"pk": id})

@@ -1,0 +1,175 @@
+"""Seed 002 as a FastAPI service: a fridge per visitor, kept in a server-side session.
+
+Run it on the embedded SQLite default (or set DATABASE_URL)::
+
+    uvicorn examples.fridge.app:app
+
+``GET /fridge`` shows the fridge, ``POST /fridge/ingredients`` and ``DELETE
+/fridge/ingredients`` change it, ``POST /login`` and ``POST /logout`` rotate and end the
+session, and ``GET /admin/session-stats`` / ``POST /admin/cleanup-sessions`` are seed 002's
+monitoring and cleanup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from pydantic import BaseModel, Field
+
+from aegis_shared.database import DatabaseManager, configure_database
+from aegis_shared.sessions import SessionStore, sweep_sessions
+from aegis_shared.web import HttpSession, SessionMiddleware, current_session, install_error_handlers
+from examples.fridge.models import FridgeBase, UserFridgeIngredient, UserFridgeSession
+from examples.fridge.service import FridgeService, FridgeUnitOfWork
+
+__all__ = ["CATALOGUE", "create_app"]
+
+#: The ingredients a new database starts with.
+CATALOGUE = [
+    ("milk", "dairy"),
+    ("eggs", "dairy"),
+    ("butter", "dairy"),
+    ("carrot", "vegetable"),
+    ("onion", "vegetable"),
+    ("tomato", "vegetable"),
+    ("apple", "fruit"),
+    ("lemon", "fruit"),
+]
+
+CurrentSession = Depends(current_session)
+
+
+class IngredientIds(BaseModel):
+    """A request body naming ingredients."""
+
+    ingredient_ids: list[int] = Field(min_length=1, max_length=500)
+
+
+class Login(BaseModel):
+    """Who logs in (the example trusts the name: authentication is not its subject)."""
+
+    user: str = Field(min_length=1, max_length=100)
+
+
+def _fridge_json(rows: list[UserFridgeIngredient]) -> list[dict[str, Any]]:
+    return [
+        {
+            "ingredient_id": row.ingredient_id,
+            "name": row.ingredient.name,
+            "category": row.ingredient.category,
+            "added_at": row.added_at.isoformat(),
+        }
+        for row in rows
+    ]
+
+
+async def prepare_database(db: DatabaseManager) -> None:
+    """Create the tables if missing and fill an empty catalogue (a demo's set-up; a real
+    service runs migrations instead)."""
+    await db.create_all(FridgeBase.metadata)
+    async with FridgeUnitOfWork(db) as uow:
+        if await uow.ingredients.count() == 0:
+            await uow.ingredients.create_many(
+                [{"name": name, "category": category} for name, category in CATALOGUE],
+                returning=False,
+            )
+            await uow.commit()
+
+
+def create_app(
+    db: DatabaseManager | None = None,
+    *,
+    store: SessionStore | None = None,
+    sweep_every: timedelta = timedelta(minutes=10),
+) -> FastAPI:
+    """The fridge service on ``db`` (default: from the environment, ``DATABASE_URL``)."""
+    manager = db or DatabaseManager.from_settings()
+    sessions = store or SessionStore(manager, UserFridgeSession)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_database(manager)
+        await prepare_database(manager)
+        async with sweep_sessions(sessions, every=sweep_every):
+            yield
+        await manager.close()
+
+    app = FastAPI(title="aegis-shared fridge (seed 002)", lifespan=lifespan)
+    app.add_middleware(SessionMiddleware, store=sessions)
+    install_error_handlers(app)
+
+    @app.get("/fridge")
+    async def show_fridge(session: HttpSession = CurrentSession) -> dict[str, Any]:
+        """The visitor's fridge (empty, and no session created, for a new visitor)."""
+        key = session.key
+        rows = await FridgeService.get_session_ingredients(key) if key else []
+        return {"user": session.get("user"), "ingredients": _fridge_json(rows)}
+
+    @app.post("/fridge/ingredients")
+    async def add_ingredients(
+        body: IngredientIds, session: HttpSession = CurrentSession
+    ) -> dict[str, Any]:
+        """Put ingredients in the fridge (one already there stays as it is); answers with
+        the fridge's contents."""
+        key = await session.ensure()
+        await FridgeService.add_ingredients(key, body.ingredient_ids)
+        rows = await FridgeService.get_session_ingredients(key)
+        return {"user": session.get("user"), "ingredients": _fridge_json(rows)}
+
+    @app.delete("/fridge/ingredients")
+    async def remove_ingredients(
+        body: IngredientIds, session: HttpSession = CurrentSession
+    ) -> dict[str, int]:
+        """Take ingredients out of the fridge."""
+        key = session.key
+        removed = await FridgeService.remove_ingredients(key, body.ingredient_ids) if key else 0
+        return {"removed": removed}
+
+    @app.post("/login")
+    async def login(body: Login, session: HttpSession = CurrentSession) -> dict[str, str]:
+        """Remember the user and give the session a new id (the fridge stays)."""
+        session["user"] = body.user
+        await session.rotate()
+        return {"user": body.user}
+
+    @app.post("/logout")
+    async def logout(session: HttpSession = CurrentSession) -> dict[str, str]:
+        """End the session on the server (its fridge goes with it) and clear the cookie."""
+        await session.invalidate()
+        return {"detail": "logged out"}
+
+    @app.get("/admin/session-stats")
+    async def session_stats() -> dict[str, Any]:
+        """Seed 002's monitoring: active sessions, fridge rows, expired ones waiting."""
+        stats = await sessions.stats()
+        return {
+            "active_sessions": stats.active,
+            "total_ingredients": stats.child_rows,
+            "expired_waiting": stats.expired_waiting,
+            "oldest_session": stats.oldest_created_at,
+        }
+
+    @app.post("/admin/cleanup-sessions")
+    async def cleanup_sessions() -> dict[str, int]:
+        """Delete expired sessions now (the sweeper also does this in the background)."""
+        return {"deleted": await sessions.cleanup_expired()}
+
+    @app.get("/ingredients")
+    async def catalogue() -> list[dict[str, Any]]:
+        """Every ingredient that can go in a fridge."""
+        async with FridgeUnitOfWork() as uow:
+            items = await uow.ingredients.list(order_by="id", limit=500)
+        return [{"id": i.id, "name": i.name, "category": i.category} for i in items]
+
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # ``uvicorn examples.fridge.app:app`` builds the app on first access, not on import.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

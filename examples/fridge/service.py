@@ -1,0 +1,105 @@
+"""Seed 002's ``FridgeService`` on the library: the worked example of docs/guide.md.
+
+The seed wraps ``db.add`` in ``try/except IntegrityError``, which never fires there (the
+INSERT runs at the commit, outside the ``try``) and, if it did, would roll back every
+ingredient added before. Here a duplicate is skipped by the database itself
+(``create_many(..., skip_duplicates=True)``: ``ON CONFLICT DO NOTHING``), so adding an
+ingredient twice, or from 100 requests at once, leaves one row and raises nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import delete, select
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from aegis_shared.database import BaseRepository, UnitOfWork, with_db_retry
+from aegis_shared.models import utcnow
+from examples.fridge.models import Ingredient, UserFridgeIngredient
+
+__all__ = ["FridgeRepository", "FridgeService", "FridgeUnitOfWork", "IngredientRepository"]
+
+
+class IngredientRepository(BaseRepository[Ingredient]):
+    """The ingredient catalogue."""
+
+
+class FridgeRepository(BaseRepository[UserFridgeIngredient]):
+    """One session's fridge rows; ``session_key`` is the session's stored key
+    (``HttpSession.key``), never the id in the cookie."""
+
+    async def add(self, session_key: str, ingredient_ids: Iterable[int]) -> int:
+        """Put the ingredients in the fridge (those already there are skipped); returns how
+        many were new (on MariaDB: how many were given)."""
+        now = utcnow()
+        rows = [
+            {"session_id": session_key, "ingredient_id": ingredient_id, "added_at": now}
+            for ingredient_id in dict.fromkeys(ingredient_ids)
+        ]
+        return await self.create_many(rows, returning=False, skip_duplicates=True)
+
+    async def contents(self, session_key: str) -> list[UserFridgeIngredient]:
+        """The fridge's rows, oldest first, each with its ingredient loaded (one query for
+        the rows, one for all their ingredients: no lazy loads)."""
+        statement = (
+            select(UserFridgeIngredient)
+            .options(selectinload(UserFridgeIngredient.ingredient))
+            .where(UserFridgeIngredient.session_id == session_key)
+            .order_by(UserFridgeIngredient.added_at, UserFridgeIngredient.id)
+        )
+        return list((await self.session.scalars(statement)).all())
+
+    async def remove(self, session_key: str, ingredient_ids: Sequence[int]) -> int:
+        """Take the ingredients out of the fridge; returns how many rows went."""
+        if not ingredient_ids:
+            return 0
+        statement = delete(UserFridgeIngredient).where(
+            UserFridgeIngredient.session_id == session_key,
+            UserFridgeIngredient.ingredient_id.in_(list(ingredient_ids)),
+        )
+        result = await self.session.execute(statement)
+        assert isinstance(result, CursorResult)
+        return int(result.rowcount)
+
+
+class FridgeUnitOfWork(UnitOfWork):
+    """The fridge and the catalogue on one session."""
+
+    fridge: FridgeRepository
+    ingredients: IngredientRepository
+
+
+class FridgeService:
+    """Seed 002's fridge operations, each one unit of work, retried on a conflict."""
+
+    @staticmethod
+    @with_db_retry
+    async def add_ingredients(session_key: str, ingredient_ids: Sequence[int]) -> int:
+        """Add ingredients to the fridge; returns how many were new."""
+        async with FridgeUnitOfWork() as uow:
+            added = await uow.fridge.add(session_key, ingredient_ids)
+            await uow.commit()
+            return added
+
+    @staticmethod
+    async def get_session_ingredients(session_key: str) -> list[UserFridgeIngredient]:
+        """The fridge's contents with each ingredient loaded."""
+        async with FridgeUnitOfWork() as uow:
+            return await uow.fridge.contents(session_key)
+
+    @staticmethod
+    @with_db_retry
+    async def remove_ingredients(session_key: str, ingredient_ids: Sequence[int]) -> int:
+        """Remove ingredients from the fridge; returns how many were removed."""
+        async with FridgeUnitOfWork() as uow:
+            removed = await uow.fridge.remove(session_key, ingredient_ids)
+            await uow.commit()
+            return removed
+
+    @staticmethod
+    async def add_ingredients_batch(session: AsyncSession, session_key: str, ids: list[int]) -> int:
+        """Seed 002's batch insert, on a session the caller owns (and commits)."""
+        return await FridgeRepository(session).add(session_key, ids)

@@ -1,0 +1,169 @@
+"""The fridge example (seed 002) through its real FastAPI app, a real HTTP client with a
+cookie jar, on SQLite, PostgreSQL and MariaDB."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import func, select
+
+from aegis_shared.database import DatabaseManager
+from aegis_shared.sessions import SessionStore
+from examples.fridge.app import CATALOGUE, create_app
+from examples.fridge.models import FridgeBase, UserFridgeIngredient, UserFridgeSession
+from tests.conftest import MakeDb
+
+MILK, EGGS, BUTTER, CARROT = 1, 2, 3, 4
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class Fridge:
+    def __init__(self, app: FastAPI, db: DatabaseManager, clock: Clock) -> None:
+        self.app, self.db, self.clock = app, db, clock
+
+    def client(self) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=self.app)
+        return httpx.AsyncClient(transport=transport, base_url="http://localhost")
+
+    async def rows(self) -> int:
+        async with self.db.session() as session:
+            statement = select(func.count()).select_from(UserFridgeIngredient)
+            return int(await session.scalar(statement) or 0)
+
+
+@pytest.fixture
+async def fridge(make_db: MakeDb) -> AsyncIterator[Fridge]:
+    db = await make_db(FridgeBase.metadata)
+    clock = Clock()
+    store = SessionStore(db, UserFridgeSession, idle_timeout=timedelta(hours=24), clock=clock)
+    app = create_app(db, store=store, sweep_every=timedelta(hours=1))
+    async with app.router.lifespan_context(app):
+        yield Fridge(app, db, clock)
+
+
+def names(body: dict[str, Any]) -> list[str]:
+    return [item["name"] for item in body["ingredients"]]
+
+
+async def test_a_new_visitor_sees_an_empty_fridge_and_gets_no_session(fridge: Fridge) -> None:
+    async with fridge.client() as client:
+        response = await client.get("/fridge")
+        assert response.json() == {"user": None, "ingredients": []}
+        assert "set-cookie" not in response.headers
+        catalogue = (await client.get("/ingredients")).json()
+    assert [(i["name"], i["category"]) for i in catalogue] == CATALOGUE
+
+
+async def test_adding_shows_the_fridge_with_its_ingredients_and_is_idempotent(
+    fridge: Fridge,
+) -> None:
+    async with fridge.client() as client:
+        added = await client.post("/fridge/ingredients", json={"ingredient_ids": [MILK, EGGS]})
+        assert added.status_code == 200
+        assert "set-cookie" in added.headers  # the first write started the session
+        assert names(added.json()) == ["milk", "eggs"]
+        again = await client.post(
+            "/fridge/ingredients", json={"ingredient_ids": [EGGS, MILK, EGGS, BUTTER]}
+        )
+        assert again.status_code == 200
+        assert sorted(names(again.json())) == ["butter", "eggs", "milk"]
+        shown = (await client.get("/fridge")).json()
+    assert sorted(names(shown)) == ["butter", "eggs", "milk"]
+    assert {i["category"] for i in shown["ingredients"]} == {"dairy"}
+    assert await fridge.rows() == 3
+
+
+async def test_a_hundred_concurrent_adds_of_one_ingredient_leave_one_row(fridge: Fridge) -> None:
+    async with fridge.client() as client:
+        await client.post("/fridge/ingredients", json={"ingredient_ids": [MILK]})
+        responses = await asyncio.gather(
+            *(
+                client.post("/fridge/ingredients", json={"ingredient_ids": [CARROT]})
+                for _ in range(100)
+            )
+        )
+        assert [r.status_code for r in responses] == [200] * 100
+        shown = (await client.get("/fridge")).json()
+    assert sorted(names(shown)) == ["carrot", "milk"]
+    assert await fridge.rows() == 2
+
+
+async def test_removing_returns_the_count(fridge: Fridge) -> None:
+    async with fridge.client() as client:
+        nothing = await client.request(
+            "DELETE", "/fridge/ingredients", json={"ingredient_ids": [MILK]}
+        )
+        assert nothing.json() == {"removed": 0}  # no session yet: nothing to remove
+        await client.post("/fridge/ingredients", json={"ingredient_ids": [MILK, EGGS, BUTTER]})
+        removed = await client.request(
+            "DELETE", "/fridge/ingredients", json={"ingredient_ids": [MILK, EGGS, CARROT]}
+        )
+        assert removed.json() == {"removed": 2}
+        assert names((await client.get("/fridge")).json()) == ["butter"]
+
+
+async def test_bad_requests_change_nothing(fridge: Fridge) -> None:
+    async with fridge.client() as client:
+        empty = await client.post("/fridge/ingredients", json={"ingredient_ids": []})
+        assert empty.status_code == 422
+        unknown = await client.post("/fridge/ingredients", json={"ingredient_ids": [MILK, 999]})
+        assert unknown.status_code == 409
+        assert unknown.json()["error"] == "ForeignKeyViolationError"
+        assert (await client.get("/fridge")).json()["ingredients"] == []
+    assert await fridge.rows() == 0
+
+
+async def test_login_keeps_the_fridge_under_a_new_id_and_logout_empties_it(
+    fridge: Fridge,
+) -> None:
+    async with fridge.client() as client:
+        await client.post("/fridge/ingredients", json={"ingredient_ids": [MILK, EGGS]})
+        before = client.cookies["session"]
+        login = await client.post("/login", json={"user": "alice"})
+        assert login.status_code == 200
+        after = client.cookies["session"]
+        assert after != before
+        shown = (await client.get("/fridge")).json()
+        assert shown["user"] == "alice"
+        assert names(shown) == ["milk", "eggs"]
+
+        async with fridge.client() as thief:
+            thief.cookies.set("session", before)
+            assert (await thief.get("/fridge")).json() == {"user": None, "ingredients": []}
+
+        logout = await client.post("/logout")
+        assert logout.status_code == 200
+        assert "session" not in client.cookies
+        assert (await client.get("/fridge")).json() == {"user": None, "ingredients": []}
+    assert await fridge.rows() == 0  # ON DELETE CASCADE
+
+
+async def test_admin_stats_and_cleanup(fridge: Fridge) -> None:
+    async with fridge.client() as old, fridge.client() as recent:
+        await old.post("/fridge/ingredients", json={"ingredient_ids": [MILK, EGGS]})
+        fridge.clock.now += timedelta(hours=20)
+        await recent.post("/fridge/ingredients", json={"ingredient_ids": [BUTTER]})
+        fridge.clock.now += timedelta(hours=5)  # the first session is 25 hours idle
+        async with fridge.client() as admin:
+            stats = (await admin.get("/admin/session-stats")).json()
+            assert (stats["active_sessions"], stats["expired_waiting"]) == (1, 1)
+            assert stats["total_ingredients"] == 3
+            assert (await admin.post("/admin/cleanup-sessions")).json() == {"deleted": 1}
+            stats = (await admin.get("/admin/session-stats")).json()
+        assert (stats["active_sessions"], stats["expired_waiting"]) == (1, 0)
+        assert stats["total_ingredients"] == 1
+        assert (await old.get("/fridge")).json()["ingredients"] == []
+        assert names((await recent.get("/fridge")).json()) == ["butter"]
