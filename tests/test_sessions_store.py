@@ -93,6 +93,20 @@ class FridgeNote(SessionChildMixin, SessionBase):
     body: Mapped[str] = mapped_column(String(100))
 
 
+class EphemeralSession(ServerSessionMixin, SessionBase):
+    """Sessions kept out of PostgreSQL's write-ahead log."""
+
+    __tablename__ = "ss_ephemeral_sessions"
+    __session_unlogged__ = True
+
+
+class EphemeralNote(SessionChildMixin, SessionBase):
+    __tablename__ = "ss_ephemeral_notes"
+    __session_model__ = EphemeralSession
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
 IDLE = timedelta(hours=24)
 ABSOLUTE = timedelta(days=7)
 TOUCH = timedelta(minutes=5)
@@ -848,3 +862,36 @@ async def test_a_naive_clock_is_refused(db: DatabaseManager) -> None:
     store = SessionStore(db, FridgeSession, clock=lambda: datetime(2030, 1, 1))
     with pytest.raises(ValueError, match="aware datetime"):
         await store.create()
+
+
+# -- UNLOGGED tables --------------------------------------------------------------------------
+
+
+async def test_unlogged_session_tables(db: DatabaseManager) -> None:
+    """``__session_unlogged__`` makes the session table and its children UNLOGGED on
+    PostgreSQL (a logged child could not refer to it) and changes nothing elsewhere."""
+    if db.dialect_name == "postgresql":
+        async with db.session() as session:
+            rows = await session.execute(
+                text(
+                    "SELECT relname, relpersistence::text FROM pg_class WHERE relname IN "
+                    "('ss_ephemeral_sessions', 'ss_ephemeral_notes', 'ss_fridge_sessions', "
+                    "'ss_fridge_ingredients')"
+                )
+            )
+            persistence = {str(name): str(kind) for name, kind in rows.all()}
+        assert persistence == {
+            "ss_ephemeral_sessions": "u",
+            "ss_ephemeral_notes": "u",  # a logged table could not refer to an unlogged one
+            "ss_fridge_sessions": "p",
+            "ss_fridge_ingredients": "p",
+        }
+    store = SessionStore(db, EphemeralSession)
+    created = await store.create({"k": 1})
+    async with db.session() as session:
+        session.add(EphemeralNote(session_id=session_key(created.id)))
+    found = await store.get(created.id)
+    assert found is not None and found.data == {"k": 1}
+    assert (await store.stats()).child_rows == 1
+    assert await store.delete(created.id)
+    assert (await store.stats()).child_rows == 0

@@ -37,18 +37,27 @@ EXPIRES_INDEX_DIALECTS: Final = ("sqlite", "mysql", "mariadb")
 SESSION_TABLE_FILLFACTOR: Final = 80
 
 
-def session_table_args(tablename: str, *items: Any, **options: Any) -> tuple[Any, ...]:
+#: ``Table.info`` key marking a session table to be created UNLOGGED on PostgreSQL.
+UNLOGGED_KEY: Final = "aegis.unlogged"
+
+
+def session_table_args(
+    tablename: str, *items: Any, unlogged: bool = False, **options: Any
+) -> tuple[Any, ...]:
     """The ``__table_args__`` :class:`ServerSessionMixin` gives a session table, with
     ``items`` (constraints, indexes) and table ``options`` of your own added.
 
     A model that declares its own ``__table_args__`` replaces the mixin's, so build yours
     with this: ``__table_args__ = session_table_args(__tablename__, CheckConstraint(...))``.
+    ``unlogged=True`` is what ``__session_unlogged__ = True`` sets (see the mixin).
     """
     expires_index = Index(f"ix_{tablename}_expires_at", "expires_at")
     # ddl_if takes a tuple of dialect names (documented and handled at run time); its type
     # hint names a single string only.
     expires_index.ddl_if(dialect=EXPIRES_INDEX_DIALECTS)  # type: ignore[arg-type]
     table_options = {"postgresql_with": {"fillfactor": SESSION_TABLE_FILLFACTOR}, **options}
+    if unlogged:
+        table_options["info"] = {**table_options.get("info", {}), UNLOGGED_KEY: True}
     return (expires_index, *items, table_options)
 
 
@@ -63,7 +72,15 @@ class ServerSessionMixin:
     Indexes: ``created_at`` everywhere (it never changes); ``expires_at`` on SQLite and
     MariaDB only (for cleanup); ``last_accessed`` nowhere, so a touch stays a HOT update on
     PostgreSQL.
+
+    ``__session_unlogged__ = True`` on the model creates the table, and the tables of its
+    :class:`SessionChildMixin` models, ``UNLOGGED`` on PostgreSQL: no write-ahead log for
+    sessions (cheaper writes), but after a crash of the server (not a clean restart)
+    PostgreSQL empties them, so everyone is logged out, and replicas do not have them.
     """
+
+    #: Create the session table (and its child tables) UNLOGGED on PostgreSQL.
+    __session_unlogged__: ClassVar[bool] = False
 
     session_id: Mapped[str] = mapped_column(String(KEY_LENGTH), primary_key=True)
     data: Mapped[dict[str, Any]] = mapped_column(
@@ -79,8 +96,11 @@ class ServerSessionMixin:
     # in a mixin would clash with that under mypy in every model that uses the mixin.
     @declared_attr.directive
     def __table_args__(cls: type[Any]) -> tuple[Any, ...]:
-        """The ``expires_at`` index (not on PostgreSQL) and the PostgreSQL fillfactor."""
-        return session_table_args(str(cls.__tablename__))
+        """The ``expires_at`` index (not on PostgreSQL), the PostgreSQL fillfactor and,
+        with ``__session_unlogged__``, the UNLOGGED mark."""
+        return session_table_args(
+            str(cls.__tablename__), unlogged=bool(getattr(cls, "__session_unlogged__", False))
+        )
 
 
 def _mapper_of(model: Any) -> Mapper[Any] | None:
