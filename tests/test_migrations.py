@@ -22,7 +22,7 @@ ENV_PY = textwrap.dedent(
     from aegis_shared.models import BaseEntity
     from sqlalchemy.orm import DeclarativeBase
     from aegis_shared.models import NAMING_CONVENTION
-    from aegis_shared.sessions import ServerSessionMixin
+    from aegis_shared.sessions import ServerSessionMixin, SessionChildMixin
     from sqlalchemy import MetaData
 
 
@@ -38,6 +38,12 @@ ENV_PY = textwrap.dedent(
 
     class MigSession(ServerSessionMixin, MigBase):
         __tablename__ = "mig_sessions"
+
+
+    class MigNote(SessionChildMixin, MigBase):
+        __tablename__ = "mig_notes"
+        __session_model__ = MigSession
+        id: Mapped[int] = mapped_column(primary_key=True)
 
 
     def only_ours(name, type_, parent_names):
@@ -101,7 +107,7 @@ def test_autogenerate_upgrade_downgrade(db_url: URL, tmp_path: Path) -> None:
         assert "ix_mig_sessions_created_at" in body
 
         command.upgrade(config, "head")
-        assert {"mig_widgets", "mig_sessions"} <= _tables(db_url)
+        assert {"mig_widgets", "mig_sessions", "mig_notes"} <= _tables(db_url)
 
         # Nothing left to propose: a second autogenerate finds the schema up to date.
         command.revision(config, message="no changes", autogenerate=True)
@@ -110,6 +116,6 @@ def test_autogenerate_upgrade_downgrade(db_url: URL, tmp_path: Path) -> None:
         assert "op." not in upgrade, upgrade
 
         command.downgrade(config, "base")
-        assert not {"mig_widgets", "mig_sessions"} & _tables(db_url)
+        assert not {"mig_widgets", "mig_sessions", "mig_notes"} & _tables(db_url)
     finally:
         _drop_version_table(db_url)

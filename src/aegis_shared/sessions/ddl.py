@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, exc
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import CreateTable
 from sqlalchemy.sql.compiler import DDLCompiler
@@ -28,7 +28,14 @@ def is_unlogged(table: Table) -> bool:
     """True for a session table marked UNLOGGED, or a table referring to one."""
     if table.info.get(UNLOGGED_KEY):
         return True
-    return any(fk.column.table.info.get(UNLOGGED_KEY) for fk in table.foreign_keys)
+    for fk in table.foreign_keys:
+        try:
+            target = fk.column.table
+        except (exc.NoReferencedTableError, exc.NoReferencedColumnError):
+            continue  # a table of another MetaData (Alembic's op.create_table): not ours
+        if target.info.get(UNLOGGED_KEY):
+            return True
+    return False
 
 
 @compiles(CreateTable, "postgresql")
