@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from aegis_shared.database import DatabaseManager
 from aegis_shared.sessions import SessionStore
+from aegis_shared.testing import count_queries
 from examples.fridge.app import CATALOGUE, create_app
 from examples.fridge.models import FridgeBase, UserFridgeIngredient, UserFridgeSession
 from tests.conftest import MakeDb
@@ -167,3 +168,13 @@ async def test_admin_stats_and_cleanup(fridge: Fridge) -> None:
         assert stats["total_ingredients"] == 1
         assert (await old.get("/fridge")).json()["ingredients"] == []
         assert names((await recent.get("/fridge")).json()) == ["butter"]
+
+
+async def test_showing_the_fridge_is_three_selects(fridge: Fridge) -> None:
+    """The session, its fridge rows and their ingredients: one fast-path SELECT each."""
+    async with fridge.client() as client:
+        await client.post("/fridge/ingredients", json={"ingredient_ids": [MILK, EGGS]})
+        with count_queries(fridge.db) as counter:
+            shown = await client.get("/fridge")
+        assert names(shown.json()) == ["milk", "eggs"]
+    assert [s.split()[0].upper() for s in counter.statements] == ["SELECT"] * 3

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from aegis_shared.database import BaseRepository, UnitOfWork, with_db_retry
 from aegis_shared.models import utcnow
@@ -42,15 +42,24 @@ class FridgeRepository(BaseRepository[UserFridgeIngredient]):
         return await self.create_many(rows, returning=False, skip_duplicates=True)
 
     async def contents(self, session_key: str) -> list[UserFridgeIngredient]:
-        """The fridge's rows, oldest first, each with its ingredient loaded (one query for
-        the rows, one for all their ingredients: no lazy loads)."""
-        statement = (
-            select(UserFridgeIngredient)
-            .options(selectinload(UserFridgeIngredient.ingredient))
-            .where(UserFridgeIngredient.session_id == session_key)
-            .order_by(UserFridgeIngredient.added_at, UserFridgeIngredient.id)
+        """The fridge's rows, oldest first, each with its ingredient loaded.
+
+        Two reads, each one statement on the fast path (no transaction): the rows, then
+        their ingredients, which are then set on the rows as loaded. Seed 002's
+        ``selectinload`` gives the same objects through the ORM path, with a transaction
+        (BEGIN, ROLLBACK) around the same two SELECTs.
+        """
+        rows = await self.list(
+            filters={"session_id": session_key}, order_by=["added_at", "id"], limit=1000
         )
-        return list((await self.session.scalars(statement)).all())
+        if not rows:
+            return rows
+        ids = sorted({row.ingredient_id for row in rows})
+        found = await IngredientRepository(self.session).list(filters={"id": ids}, limit=len(ids))
+        by_id = {ingredient.id: ingredient for ingredient in found}
+        for row in rows:
+            set_committed_value(row, "ingredient", by_id[row.ingredient_id])
+        return rows
 
     async def remove(self, session_key: str, ingredient_ids: Sequence[int]) -> int:
         """Take the ingredients out of the fridge; returns how many rows went."""

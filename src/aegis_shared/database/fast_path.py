@@ -339,7 +339,8 @@ async def _isolation_is_strict(engine: AsyncEngine) -> bool:
 async def run(
     session: AsyncSession, engine: AsyncEngine, plan: _Plan, values: Mapping[str, Any]
 ) -> list[Any] | Unavailable:
-    """Rows of ``plan`` run as one autocommit statement on a pooled driver connection.
+    """Rows of ``plan`` run as one autocommit statement on a pooled driver connection, for
+    a read of ``session`` (see :func:`session_is_idle`).
 
     Errors arrive as :mod:`aegis_shared.errors.exceptions`, as on the ORM path; an error
     this library does not map returns ``UNAVAILABLE`` so the ORM path runs the read again
@@ -348,18 +349,29 @@ async def run(
     begins (see :func:`_check_reads_unchanged`).
     """
     params = plan.params(values)
-    for observer in _observers.get(engine.sync_engine, ()):
-        observer(plan.sql)
     strict = await _isolation_is_strict(engine)
+    rows = await _execute(engine, plan.sql, params)
+    if strict and not isinstance(rows, Unavailable):
+        read = _Read(plan.sql, params, [tuple(row) for row in rows])
+        session.info.setdefault(_UNCHECKED_READS, []).append(read)
+    return rows
+
+
+async def fetch(
+    engine: AsyncEngine, plan: _Plan, values: Mapping[str, Any]
+) -> list[Any] | Unavailable:
+    """Rows of ``plan`` as :func:`run` reads them, for a caller with no session and no
+    transaction to follow (the session store's lookups): no objects, nothing remembered."""
+    return await _execute(engine, plan.sql, plan.params(values))
+
+
+async def _execute(engine: AsyncEngine, sql: str, params: list[Any]) -> list[Any] | Unavailable:
+    for observer in _observers.get(engine.sync_engine, ()):
+        observer(sql)
+    dialect_name = engine.sync_engine.dialect.name
     connection = await engine.raw_connection()
     try:
-        rows = await drivers.fetch_all(
-            engine.dialect.name, connection.driver_connection, plan.sql, params
-        )
-        if strict:
-            read = _Read(plan.sql, params, [tuple(row) for row in rows])
-            session.info.setdefault(_UNCHECKED_READS, []).append(read)
-        return rows
+        return await drivers.fetch_all(dialect_name, connection.driver_connection, sql, params)
     except Exception as exc:
         translated = translate_dbapi_error(exc, is_disconnect=isinstance(exc, OSError))
         if isinstance(translated, DatabaseConnectionError):
@@ -373,7 +385,7 @@ async def run(
         await greenlet_spawn(connection.invalidate)
         raise
     finally:
-        if engine.dialect.name in ("postgresql", "sqlite"):
+        if dialect_name in ("postgresql", "sqlite"):
             # Check-in does no I/O here: asyncpg has no transaction to roll back, and
             # SQLite's reset rolls back only an open one (dialects.SQLiteProfile).
             connection.close()

@@ -122,14 +122,24 @@ class DatabaseManager:
         self._sessions = self._sessionmaker(self._engine)
         self._background_sessions = self._sessionmaker(self._background_engine)
 
+    @property
+    def fast_read_engine(self) -> AsyncEngine | None:
+        """The engine lean reads run on (see ``fast_path``), or ``None`` when they are off:
+        ``fast_path=False``, or in-memory SQLite, whose one connection an open transaction
+        may be using."""
+        return self.engine if self._fast_reads_on() else None
+
+    def _fast_reads_on(self) -> bool:
+        # In-memory SQLite has one connection for everyone: a fast read would borrow (and
+        # on return reset) the one an open transaction is using.
+        return self.fast_path and not is_sqlite_memory(self.url)
+
     def _sessionmaker(self, engine: AsyncEngine) -> async_sessionmaker[AegisSession]:
         # expire_on_commit=False: objects stay readable after commit without a lazy
         # refresh, which async code cannot do. close_resets_only=False: a closed session
         # refuses further use instead of silently opening a new connection.
         info: dict[str, Any] = {MAX_PAGE_SIZE_KEY: self.max_page_size}
-        if self.fast_path and not is_sqlite_memory(self.url):
-            # In-memory SQLite has one connection for everyone: a fast read would borrow
-            # (and on return reset) the one an open transaction is using.
+        if self._fast_reads_on():
             info[FAST_PATH_ENGINE_KEY] = engine
         return async_sessionmaker(
             engine,

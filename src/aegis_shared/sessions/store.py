@@ -23,7 +23,6 @@ from typing import Any, Final, cast
 
 from sqlalchemy import Table, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.engine import CursorResult, Dialect
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from aegis_shared.database import DatabaseManager, fast_path
 from aegis_shared.errors.exceptions import ConfigurationError
@@ -223,17 +222,18 @@ class SessionStore:
             reader = self._readers[dialect] = fast_path.ModelReader(self._mapper, dialect)
         return reader if reader.eligible else None
 
-    async def _fast_load(self, session: AsyncSession, key: str) -> Any:
-        """The row of ``key`` read on the fast path: its values, ``None``, or UNAVAILABLE."""
-        engine = fast_path.session_is_idle(session)
+    async def _fast_load(self, key: str) -> Any:
+        """The row of ``key`` read on the fast path: its values, ``None``, or UNAVAILABLE.
+
+        Not BaseRepository.get_by_id: the store makes no objects (the MutableDict on
+        ``data`` would keep a repository on the ORM path anyway) and needs no session, so
+        the read is only a pool check-out, one SELECT and a check-in.
+        """
+        engine = self.db.fast_read_engine
         reader = None if engine is None else self._reader(engine.sync_engine.dialect)
         if engine is None or reader is None:
             return fast_path.UNAVAILABLE
-        # Not BaseRepository.get_by_id: the MutableDict on ``data`` listens to the model's
-        # load events, and a repository leaves such models to the ORM (its fast path makes
-        # objects without firing them). The store makes no objects, only a StoredSession,
-        # so the same one-statement read applies to it.
-        rows = await fast_path.run(session, engine, reader.plan("get", None), {"pk": key})
+        rows = await fast_path.fetch(engine, reader.plan("get", None), {"pk": key})
         if isinstance(rows, fast_path.Unavailable):
             return rows
         if not rows:
@@ -242,16 +242,12 @@ class SessionStore:
 
     async def _load(self, key: str) -> _Record | None:
         """The stored row of ``key``, expired or not, or ``None``: one SELECT."""
-        session = self.db.session_factory()
-        try:
-            values = await self._fast_load(session, key)
-            if values is fast_path.UNAVAILABLE:
+        values = await self._fast_load(key)
+        if values is fast_path.UNAVAILABLE:
+            async with self.db.session() as session:
                 result = await session.execute(self._select_sql, {"p_key": key})
                 values = result.mappings().first()
-            return None if values is None else _Record.of(values)
-        finally:
-            # A read commits nothing; closing ends the transaction the ORM-path read began.
-            await session.close()
+        return None if values is None else _Record.of(values)
 
     async def _write(self, statement: Any, params: dict[str, Any]) -> int:
         """Run one write in its own transaction; the number of rows it matched."""
