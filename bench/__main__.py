@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import time
 
-SCENARIOS = ("reads", "lists", "bulk", "http")
+from bench.common import SCENARIOS
 
 
 def _loop_runner():  # type: ignore[no-untyped-def]
@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> None:
             from bench import http
 
             http.run(**kwargs)
+        elif command == "sessions":
+            from bench import sessions
+
+            sessions.run(run, **kwargs)
         elif command == "profile":
             from bench import profile
 

@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from sqlalchemy.engine import make_url
+
+#: Every scenario, in the order ``python -m bench all`` runs them and the report lists them.
+SCENARIOS = ("reads", "lists", "bulk", "http", "sessions")
 
 DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/aegis_bench"
 PG_URL = os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL)
@@ -203,11 +206,15 @@ class Measurement:
 
 @dataclass
 class Goal:
+    """``ratio(case, ours, peer) >= threshold``; with ``comparison="<="`` the ratio must
+    stay at or under the threshold instead (for costs such as latencies)."""
+
     name: str
     case: str
     ours: str
     peer: str
     threshold: float
+    comparison: Literal[">=", "<="] = ">="
 
 
 def ratio(measurements: Sequence[Measurement], case: str, a: str, b: str) -> float | None:
@@ -224,6 +231,12 @@ def evaluate_goals(
     out = []
     for goal in goals:
         value = ratio(measurements, goal.case, goal.ours, goal.peer)
+        if value is None:
+            met = None
+        elif goal.comparison == "<=":
+            met = value <= goal.threshold
+        else:
+            met = value >= goal.threshold
         out.append(
             {
                 "goal": goal.name,
@@ -231,8 +244,9 @@ def evaluate_goals(
                 "ours": goal.ours,
                 "peer": goal.peer,
                 "threshold": goal.threshold,
+                "comparison": goal.comparison,
                 "ratio": value,
-                "met": None if value is None else value >= goal.threshold,
+                "met": met,
             }
         )
     return out
@@ -241,7 +255,8 @@ def evaluate_goals(
 def format_rate(value: float | None) -> str:
     if value is None:
         return "n/a"
-    return f"{value:,.0f}"
+    # Rates are in the thousands; small figures (milliseconds of latency) keep a decimal.
+    return f"{value:,.1f}" if abs(value) < 100 else f"{value:,.0f}"
 
 
 def print_table(
@@ -256,11 +271,15 @@ def print_table(
         rows = [m for m in measurements if m.case == case]
         baseline = baselines.get(case)
         base = next((m.rate for m in rows if m.contender == baseline), None)
-        print(f"\n  {case}  (ratio vs {baseline})")
+        print(f"\n  {case}" + (f"  (ratio vs {baseline})" if baseline else ""))
         width = max(len(m.contender) for m in rows)
         for m in rows:
             rel = f"{m.rate / base:6.2f}x" if m.rate and base else "    n/a"
-            spread = f"  [{min(m.rates):,.0f} .. {max(m.rates):,.0f}]" if len(m.rates) > 1 else ""
+            spread = (
+                f"  [{format_rate(min(m.rates))} .. {format_rate(max(m.rates))}]"
+                if len(m.rates) > 1
+                else ""
+            )
             note = f"  ({m.note})" if m.note else ""
             print(
                 f"    {m.contender:<{width}}  {format_rate(m.rate):>10} {m.unit:<8} {rel}"
@@ -273,7 +292,8 @@ def print_goals(goals: Sequence[dict[str, Any]]) -> None:
     for g in goals:
         value = "n/a" if g["ratio"] is None else f"{g['ratio']:.2f}x"
         met = {True: "met", False: "MISSED", None: "not measured"}[g["met"]]
-        print(f"    {g['goal']:<48} {value:>8}  (goal >= {g['threshold']}x)  {met}")
+        comparison = g.get("comparison", ">=")
+        print(f"    {g['goal']:<48} {value:>8}  (goal {comparison} {g['threshold']}x)  {met}")
 
 
 def write_results(
@@ -315,7 +335,7 @@ def write_results(
 
 def load_results() -> dict[str, dict[str, Any]]:
     found = {}
-    for scenario in ("reads", "lists", "bulk", "http"):
+    for scenario in SCENARIOS:
         path = RESULTS_DIR / f"{scenario}.json"
         if path.exists():
             found[scenario] = json.loads(path.read_text())
@@ -404,6 +424,9 @@ def environment() -> dict[str, Any]:
                         "httptools",
                         "pyinstrument",
                         "matplotlib",
+                        "starsessions",
+                        "redis",
+                        "hiredis",
                     )
                 },
                 "wrk": _wrk_version(),

@@ -116,27 +116,31 @@ class App:
         )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until the app answers, then check its answers (:meth:`check_answers`)."""
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
                 raise SystemExit(f"{self.name} exited with {self.process.returncode} at start")
             try:
-                response = httpx.get(f"{self.url}/items/1", timeout=2.0)
-            except httpx.TransportError:
-                response = None
-            if response is not None:
-                expected = {"id": 1, "name": "item 0", "category": "c0", "price": 0}
-                if response.status_code != 200 or response.json() != expected:
-                    raise SystemExit(
-                        f"{self.name}: GET /items/1 gave {response.status_code} {response.text}"
-                    )
-                missing = httpx.get(f"{self.url}/items/999999", timeout=2.0)
-                if missing.status_code != 404:
-                    raise SystemExit(f"{self.name}: a missing id gave {missing.status_code}")
+                self.check_answers()
                 return
+            except httpx.TransportError:
+                pass
             if time.monotonic() > deadline:
                 raise SystemExit(f"{self.name} not ready after {timeout:.0f}s")
             time.sleep(0.2)
+
+    def check_answers(self) -> None:
+        """Raise SystemExit unless the app serves the benchmark's data as expected."""
+        response = httpx.get(f"{self.url}/items/1", timeout=2.0)
+        expected = {"id": 1, "name": "item 0", "category": "c0", "price": 0}
+        if response.status_code != 200 or response.json() != expected:
+            raise SystemExit(
+                f"{self.name}: GET /items/1 gave {response.status_code} {response.text}"
+            )
+        missing = httpx.get(f"{self.url}/items/999999", timeout=2.0)
+        if missing.status_code != 404:
+            raise SystemExit(f"{self.name}: a missing id gave {missing.status_code}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -156,7 +160,7 @@ def _latency(text: str, percent: str) -> float | None:
     return float(match.group(1)) * _UNITS[match.group(2)] if match else None
 
 
-def run_wrk(url: str, seconds: int, cpus: set[int] | None) -> LoadResult:
+def run_wrk(url: str, seconds: int, cpus: set[int] | None, script: Path = LUA) -> LoadResult:
     wrk = shutil.which("wrk")
     assert wrk is not None
     command = [
@@ -168,7 +172,7 @@ def run_wrk(url: str, seconds: int, cpus: set[int] | None) -> LoadResult:
         "5s",
         "--latency",
         "-s",
-        str(LUA),
+        str(script),
         url,
     ]
     out = subprocess.run(

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.common import load_results
+from bench.common import SCENARIOS, format_rate, load_results
 
 TITLES = {
     "reads": "Reads by primary key",
     "lists": "Lists and counts",
     "bulk": "Bulk insert",
     "http": "HTTP: GET /items/{id}",
+    "sessions": "Server-side sessions against starsessions + Redis",
 }
 
 
 def _rate(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.0f}"
+    return format_rate(value)
 
 
 def _scenario(name: str, data: dict[str, Any]) -> list[str]:
@@ -28,15 +29,16 @@ def _scenario(name: str, data: dict[str, Any]) -> list[str]:
         baseline = data["baselines"].get(case)
         base = next((r["rate"] for r in rows if r["contender"] == baseline), None)
         unit = rows[0]["unit"]
+        against = f" (ratio against {baseline})" if baseline else ""
         lines += [
-            f"**{case}** (ratio against {baseline})",
+            f"**{case}**{against}",
             "",
-            f"| contender | {unit} (median) | rounds: min .. max | x {baseline} | notes |",
+            f"| contender | {unit} (median) | rounds: min .. max | x {baseline or '-'} | notes |",
             "| --- | ---: | ---: | ---: | --- |",
         ]
         for r in rows:
             spread = (
-                f"{min(r['rounds']):,.0f} .. {max(r['rounds']):,.0f}"
+                f"{_rate(min(r['rounds']))} .. {_rate(max(r['rounds']))}"
                 if len(r["rounds"]) > 1
                 else ""
             )
@@ -54,7 +56,8 @@ def _scenario(name: str, data: dict[str, Any]) -> list[str]:
         for g in goals:
             measured = "n/a" if g["ratio"] is None else f"{g['ratio']:.2f}x"
             met = {True: "yes", False: "**no**", None: "not measured"}[g["met"]]
-            lines.append(f"| {g['goal']} | {measured} | >= {g['threshold']:g}x | {met} |")
+            comparison = g.get("comparison", ">=")
+            lines.append(f"| {g['goal']} | {measured} | {comparison} {g['threshold']:g}x | {met} |")
         lines.append("")
     return lines
 
@@ -70,7 +73,7 @@ def run() -> None:
     out += ["", "## Versions", ""]
     out += [f"- {key}: {value}" for key, value in env["versions"].items()]
     out += [""]
-    for name in ("reads", "lists", "bulk", "http"):
+    for name in SCENARIOS:
         if name in results:
             out += [f"<!-- {name}: finished {results[name]['finished']} -->"]
             out += _scenario(name, results[name])
