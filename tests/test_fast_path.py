@@ -763,6 +763,29 @@ async def test_round_trips_on_mariadb(make_db: MakeDb) -> None:
     assert orm_sent["Com_select"] == 1 and orm_sent["Com_begin"] == 0, orm_sent
 
 
+async def test_a_connection_past_its_recycle_age_is_replaced_on_a_fast_read(
+    make_db: MakeDb,
+) -> None:
+    """The fast path takes an idle pooled connection without a greenlet; when that
+    connection must be replaced first (pool_recycle), it falls back to the usual check-out,
+    which opens the new connection, and the read is still one statement."""
+    db = await make_db(Base.metadata, FastBase.metadata, pool_size=1, max_overflow=0)
+    fresh = await make_db(default=False, pool_size=1, max_overflow=0, pool_recycle=1)
+    (gadget_id, *_) = await seed_gadgets(db)
+    async with fresh.session() as session:
+        assert (await GadgetRepository(session).get_one(gadget_id)).name == "anvil"
+    first = fresh.pool_status()["main"]
+    await asyncio.sleep(1.2)  # the pool's one connection is now past its recycle age
+    with count_queries(fresh) as counter:
+        async with fresh.session() as session:
+            assert (await GadgetRepository(session).get_one(gadget_id)).name == "anvil"
+            assert idle(session)
+    assert counter.count == 1
+    assert fresh.pool_status()["main"] == first  # one connection, checked back in
+    async with fresh.session() as session:  # and the replacement works for the ORM too
+        assert await session.scalar("SELECT 1") == 1
+
+
 async def test_statements_per_call(db: DatabaseManager) -> None:
     ids = await seed_gadgets(db)
     async with FastUnitOfWork(db) as uow:

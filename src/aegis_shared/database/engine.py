@@ -84,6 +84,9 @@ def build_engine(
             max_overflow=max_overflow,
             pool_timeout=pool_timeout,
             pool_recycle=pool_recycle,
+            # Last in, first out: a quiet period is served by the few most recently used
+            # connections (their server processes still warm), not round-robin over all.
+            pool_use_lifo=True,
         )
     kwargs["connect_args"] = {**profile.connect_args(url, options), **(connect_args or {})}
     kwargs.update(engine_kwargs or {})
