@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
@@ -178,3 +179,38 @@ async def test_showing_the_fridge_is_three_selects(fridge: Fridge) -> None:
             shown = await client.get("/fridge")
         assert names(shown.json()) == ["milk", "eggs"]
     assert [s.split()[0].upper() for s in counter.statements] == ["SELECT"] * 3
+
+
+@pytest.fixture
+async def served(fridge: Fridge) -> AsyncIterator[str]:
+    """The fridge app under uvicorn on a real loopback socket; its base URL."""
+    config = uvicorn.Config(
+        fridge.app, host="127.0.0.1", port=0, lifespan="off", log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(10):
+        while not server.started:  # noqa: ASYNC110  (uvicorn sets a flag, no event)
+            await asyncio.sleep(0.01)
+    (port,) = {socket.getsockname()[1] for s in server.servers for socket in s.sockets}
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+async def test_the_session_cookie_over_a_real_socket(fridge: Fridge, served: str) -> None:
+    """A visitor's whole life over TCP, with httpx's cookie jar doing what a browser does."""
+    async with httpx.AsyncClient(base_url=served) as client:
+        added = await client.post("/fridge/ingredients", json={"ingredient_ids": [MILK, EGGS]})
+        cookie = added.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
+        first = client.cookies["session"]
+        await client.post("/login", json={"user": "alice"})
+        assert client.cookies["session"] != first
+        shown = (await client.get("/fridge")).json()
+        assert (shown["user"], names(shown)) == ("alice", ["milk", "eggs"])
+        async with httpx.AsyncClient(base_url=served, cookies={"session": first}) as old:
+            assert (await old.get("/fridge")).json() == {"user": None, "ingredients": []}
+        await client.post("/logout")
+        assert "session" not in client.cookies
+    assert await fridge.rows() == 0
