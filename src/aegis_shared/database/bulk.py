@@ -171,11 +171,12 @@ async def _insert_new(
     per_statement = max(
         1, min(1000, _MAX_PARAMETERS.get(dialect.name, 999) // max(1, len(rows[0])))
     )
+    statement = _skipping_insert(columns.table, dialect)
     written = 0
     for start in range(0, len(rows), per_statement):
         batch = [_by_column(columns, row) for row in rows[start : start + per_statement]]
         # One multi-row VALUES statement, so the driver reports one row count for it.
-        result = await session.execute(_skipping_insert(columns.table, dialect).values(batch))
+        result = await session.execute(statement.values(batch))
         written += int(getattr(result, "rowcount", len(batch)))
     return written
 

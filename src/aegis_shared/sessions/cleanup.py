@@ -37,7 +37,8 @@ _PAGE_HEADER: Final = 24
 _MIN_TUPLE: Final = 28
 
 
-def _rowcount(result: Any) -> int:
+def rows_matched(result: Any) -> int:
+    """The number of rows an UPDATE or DELETE matched."""
     return int(cast(CursorResult[Any], result).rowcount)
 
 
@@ -91,7 +92,7 @@ async def _delete_postgresql(
             result = await session.execute(
                 statement, {"p_lo": f"({first},0)", "p_hi": f"({first + step},0)", "p_now": now}
             )
-            deleted += _rowcount(result)
+            deleted += rows_matched(result)
     return deleted
 
 
@@ -108,7 +109,7 @@ async def _delete_by_keys(db: DatabaseManager, table: Table, now: datetime, batc
         if not keys:
             break
         async with db.background_session() as session:
-            removed = _rowcount(await session.execute(remove, {"p_keys": keys, "p_now": now}))
+            removed = rows_matched(await session.execute(remove, {"p_keys": keys, "p_now": now}))
         deleted += removed
         # A short batch was the last one. None removed means another cleanup took these
         # rows first; it carries on, so this one stops rather than race it.

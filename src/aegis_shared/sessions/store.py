@@ -19,15 +19,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from sqlalchemy import Table, bindparam, case, delete, func, insert, select, update
-from sqlalchemy.engine import CursorResult, Dialect
+from sqlalchemy.engine import Dialect
 
 from aegis_shared.database import DatabaseManager, fast_path
 from aegis_shared.errors.exceptions import ConfigurationError
 from aegis_shared.models.types import UTCDateTime, utcnow
-from aegis_shared.sessions.cleanup import delete_expired
+from aegis_shared.sessions.cleanup import delete_expired, rows_matched
 from aegis_shared.sessions.ids import _digest, is_session_id, new_session_id
 from aegis_shared.sessions.models import ServerSessionMixin, check_session_model, child_tables
 
@@ -116,10 +116,6 @@ def _positive(name: str, value: Any, *, zero: bool = False) -> timedelta:
             "for example timedelta(hours=24)"
         )
     return value
-
-
-def _rowcount(result: Any) -> int:
-    return int(cast(CursorResult[Any], result).rowcount)
 
 
 class SessionStore:
@@ -249,10 +245,22 @@ class SessionStore:
                 values = result.mappings().first()
         return None if values is None else _Record.of(values)
 
+    async def _load_live(self, session_id: str | None) -> tuple[str, _Record, datetime] | None:
+        """(key, record, now) of the live session ``session_id``; ``None`` without a
+        query for a malformed id, and after one SELECT for an unknown or expired one."""
+        if not is_session_id(session_id):
+            return None
+        key = _digest(session_id)
+        now = self._now()
+        record = await self._load(key)
+        if record is None or record.expires_at <= now:
+            return None
+        return key, record, now
+
     async def _write(self, statement: Any, params: dict[str, Any]) -> int:
         """Run one write in its own transaction; the number of rows it matched."""
         async with self.db.session() as session:
-            return _rowcount(await session.execute(statement, params))
+            return rows_matched(await session.execute(statement, params))
 
     async def _touch(self, key: str, record: _Record, now: datetime) -> datetime | None:
         """Slide the expiry of a live session; its new expiry, or ``None`` if it is gone."""
@@ -297,13 +305,11 @@ class SessionStore:
         written, one UPDATE slides its expiry (and returns ``None`` if a logout or
         rotation removed it meanwhile).
         """
-        if not is_session_id(session_id):
+        live = await self._load_live(session_id)
+        if live is None:
             return None
-        key = _digest(session_id)
-        now = self._now()
-        record = await self._load(key)
-        if record is None or record.expires_at <= now:
-            return None
+        key, record, now = live
+        assert session_id is not None  # _load_live checked its shape
         if now - record.last_accessed < self.touch_interval:
             return record.session(session_id)
         expires_at = await self._touch(key, record, now)
@@ -314,14 +320,8 @@ class SessionStore:
     async def extend(self, session_id: str | None) -> bool:
         """Slide the expiry of a live session now, whatever ``touch_interval`` says (still
         never past its absolute lifetime); ``False`` when there is no such live session."""
-        if not is_session_id(session_id):
-            return False
-        key = _digest(session_id)
-        now = self._now()
-        record = await self._load(key)
-        if record is None or record.expires_at <= now:
-            return False
-        return await self._touch(key, record, now) is not None
+        live = await self._load_live(session_id)
+        return live is not None and await self._touch(*live) is not None
 
     async def save(self, session_id: str | None, data: Mapping[str, Any]) -> bool:
         """Replace the data of a live session; ``False`` (and nothing written) when the
@@ -345,7 +345,7 @@ class SessionStore:
         new_key = _digest(new_id)
         params = {"p_key": _digest(session_id), "p_now": self._now(), "p_new_key": new_key}
         async with self.db.session() as session:
-            if _rowcount(await session.execute(self._rotate_sql, params)) != 1:
+            if rows_matched(await session.execute(self._rotate_sql, params)) != 1:
                 return None
             result = await session.execute(self._select_sql, {"p_key": new_key})
             record = _Record.of(result.mappings().one())
