@@ -62,8 +62,13 @@ def test_defaults() -> None:
     assert settings.database_max_overflow == 10
     assert settings.database_pool_timeout == 30
     assert settings.database_pool_recycle == 3600
-    assert settings.database_retry_attempts == 3
+    assert settings.database_retry_attempts == 6
     assert settings.database_retry_backoff == 2
+    assert settings.database_retry_base_delay == 0.2
+    assert settings.database_retry_max_delay == 2
+    assert settings.database_retry_deadline == 30
+    assert settings.database_connect_timeout == 10
+    assert settings.database_command_timeout is None  # the statement timeout + 5 s, or 60 s
 
 
 def test_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

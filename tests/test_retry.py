@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.engine import URL
 
 from aegis_shared.database import (
     DatabaseManager,
@@ -26,6 +27,7 @@ from aegis_shared.errors.exceptions import (
     NotNullViolationError,
     TransactionConflictError,
 )
+from tests.faults import COMMIT_MARKER, FaultProxy, fault_proxy
 from tests.models import Account, User, UserRepository
 
 # Nothing listens on port 1: connecting fails at once with "connection refused".
@@ -145,9 +147,12 @@ async def test_a_failed_sqlite_connect_leaves_no_driver_thread_behind(tmp_path: 
         await manager.close()
 
 
-async def test_bare_decorator_makes_three_attempts_without_a_default_manager(
-    no_default_database: None, unreachable: DatabaseManager
+@pytest.mark.parametrize("unreachable", ["postgresql"], indirect=True)
+async def test_bare_decorator_defaults_wait_long_enough_for_a_restart(
+    no_default_database: None, unreachable: DatabaseManager, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Without a default manager: 6 attempts, and the waits between them (as logged)
+    add up to 2.5-5 s, so a 1-2 s restart is ridden out (tests/test_faults.py rides one)."""
     attempts = 0
 
     @with_db_retry
@@ -157,9 +162,17 @@ async def test_bare_decorator_makes_three_attempts_without_a_default_manager(
         async with unreachable.session() as session:
             await session.execute("SELECT 1")
 
+    caplog.set_level(logging.WARNING, logger=RETRY_LOGGER)
     with pytest.raises(DatabaseConnectionError):
         await read()
-    assert attempts == 3
+    assert attempts == 6
+    waits = [float(r.getMessage().rsplit(" ", 1)[-1].rstrip("s")) for r in retry_records(caplog)]
+    assert len(waits) == 5
+    # Each wait is half to all of 0.2 * 2 ** n, capped at 2 s.
+    for number, wait in enumerate(waits):
+        ceiling = min(2.0, 0.2 * 2**number)
+        assert ceiling / 2 - 0.01 <= wait <= ceiling + 0.01
+    assert 2.5 - 0.05 <= sum(waits) <= 5.0 + 0.05
 
 
 async def test_bare_decorator_takes_attempts_from_the_default_manager(
@@ -331,69 +344,132 @@ async def test_application_errors_are_not_retried(db: DatabaseManager) -> None:
 # -- a COMMIT whose outcome is unknown ---------------------------------------------------------
 
 
-def commit_killer(db: DatabaseManager, kill_on: set[int]) -> Any:
-    """An operation that inserts a user and, on the attempts in ``kill_on``, has its
-    connection killed after the INSERT, so the COMMIT of ``db.session()`` is lost."""
+def user_creator(manager: DatabaseManager, before_commit: Any = None) -> Any:
+    """An operation that inserts a user in ``manager.session()``; ``before_commit(session,
+    attempt)`` runs just before the block ends (and commits)."""
     state = {"attempts": 0}
 
     async def create_user() -> int:
         state["attempts"] += 1
-        async with db.session() as session:
+        async with manager.session() as session:
             created = await UserRepository(session).create(
-                User(email="once@example.com", name="once")
+                User(email=f"try{state['attempts']}@example.com", name="once")
             )
-            if state["attempts"] in kill_on:
-                pid = await session.scalar("SELECT pg_backend_pid()")
-                await terminate_backend(db, pid)
+            if before_commit is not None:
+                await before_commit(session, state["attempts"])
         return created.id
 
     create_user.state = state  # type: ignore[attr-defined]
     return create_user
 
 
-@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
-async def test_lost_commit_is_not_retried_by_default(
-    db: DatabaseManager, caplog: pytest.LogCaptureFixture
+@pytest.fixture
+async def proxied(
+    db: DatabaseManager, db_url: URL
+) -> AsyncIterator[tuple[DatabaseManager, FaultProxy]]:
+    """A manager whose connections go through a :class:`FaultProxy` (tables from ``db``)."""
+    async with fault_proxy(db_url) as proxy:
+        manager = DatabaseManager(proxy.url(db_url), pool_size=2, command_timeout=2)
+        try:
+            yield manager, proxy
+        finally:
+            await manager.close()
+
+
+def lose_commit_reply(proxy: FaultProxy, on: set[int]) -> Any:
+    async def arm(session: Any, attempt: int) -> None:
+        if attempt in on:
+            proxy.lose_reply_to(COMMIT_MARKER[session.bind.dialect.name])
+
+    return arm
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True)
+async def test_lost_commit_reply_is_not_retried_by_default(
+    db: DatabaseManager,
+    proxied: tuple[DatabaseManager, FaultProxy],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    operation = commit_killer(db, kill_on={1})
+    manager, proxy = proxied
+    operation = user_creator(manager, lose_commit_reply(proxy, on={1}))
     caplog.set_level(logging.WARNING, logger=RETRY_LOGGER)
     with pytest.raises(CommitOutcomeUnknownError) as caught:
         await with_db_retry(max_attempts=3, base_delay=0.001, max_delay=0.01)(operation)()
+    assert proxy.replies_lost == 1
     assert operation.state["attempts"] == 1
     assert retry_records(caplog) == []
-    assert isinstance(caught.value.__cause__, DatabaseConnectionError)
-    # Here the server died before the COMMIT reached it, so nothing was saved.
-    assert await count_users(db) == 0
-    assert db.pool_status()["main"]["checked_out"] == 0
+    assert caught.value.orig is not None, "chained to the driver's failure"
+    # The server did get the COMMIT: the user is saved, once, though the caller was told
+    # the outcome is unknown (never "failed").
+    assert await count_users(db) == 1
+    assert manager.pool_status()["main"]["checked_out"] == 0
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
-async def test_lost_commit_is_retried_when_idempotent(
-    db: DatabaseManager, caplog: pytest.LogCaptureFixture
+async def test_lost_commit_reply_is_retried_when_idempotent(
+    db: DatabaseManager,
+    proxied: tuple[DatabaseManager, FaultProxy],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    operation = commit_killer(db, kill_on={1})
+    manager, proxy = proxied
+    seen: list[int] = []
+
+    async def upsert_once(session: Any, attempt: int) -> None:
+        seen.append(attempt)
+        if attempt == 1:
+            proxy.lose_reply_to(COMMIT_MARKER["postgresql"])
+
+    state = {"attempts": 0}
+
+    @with_db_retry(max_attempts=3, idempotent=True, base_delay=0.001, max_delay=0.01)
+    async def create_if_missing() -> None:
+        # Idempotent: repeating it after a COMMIT that did land changes nothing.
+        state["attempts"] += 1
+        async with manager.session() as session:
+            if not await UserRepository(session).exists(filters={"email": "once@example.com"}):
+                await UserRepository(session).create(User(email="once@example.com", name="x"))
+            await upsert_once(session, state["attempts"])
+
     caplog.set_level(logging.WARNING, logger=RETRY_LOGGER)
-    user_id = await with_db_retry(
-        max_attempts=3, idempotent=True, base_delay=0.001, max_delay=0.01
-    )(operation)()
-    assert operation.state["attempts"] == 2
+    await create_if_missing()
+    assert state["attempts"] == 2
     records = retry_records(caplog)
     assert len(records) == 1
     assert "CommitOutcomeUnknownError" in records[0].getMessage()
-    async with db.session() as session:
-        rows = (await session.scalars(select(User))).all()
-        assert [(u.id, u.email) for u in rows] == [(user_id, "once@example.com")]
+    assert await count_users(db) == 1
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
-async def test_lost_commit_on_every_attempt_raises_after_the_last(db: DatabaseManager) -> None:
-    operation = commit_killer(db, kill_on={1, 2})
+async def test_lost_commit_reply_on_every_attempt_raises_after_the_last(
+    db: DatabaseManager, proxied: tuple[DatabaseManager, FaultProxy]
+) -> None:
+    manager, proxy = proxied
+    operation = user_creator(manager, lose_commit_reply(proxy, on={1, 2}))
     with pytest.raises(CommitOutcomeUnknownError):
         await with_db_retry(max_attempts=2, idempotent=True, base_delay=0.001, max_delay=0.01)(
             operation
         )()
     assert operation.state["attempts"] == 2
-    assert await count_users(db) == 0
+    assert proxy.replies_lost == 2
+    assert await count_users(db) == 2  # both COMMITs landed: why the default never retries
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_commit_on_a_connection_already_closed_is_known_unsaved_and_retried(
+    db: DatabaseManager,
+) -> None:
+    """The backend is killed before COMMIT: the driver refuses to send it on a closed link,
+    so nothing can have been saved, and the retry (without idempotent=True) is safe."""
+
+    async def kill(session: Any, attempt: int) -> None:
+        if attempt == 1:
+            pid = await session.scalar("SELECT pg_backend_pid()")
+            await terminate_backend(db, pid)
+
+    operation = user_creator(db, kill)
+    await with_db_retry(max_attempts=3, base_delay=0.001, max_delay=0.01)(operation)()
+    assert operation.state["attempts"] == 2
+    assert await count_users(db) == 1
 
 
 # -- misuse ---------------------------------------------------------------------------------------

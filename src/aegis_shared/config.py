@@ -45,9 +45,31 @@ class Settings(BaseSettings):
     database_pool_pre_ping: bool = Field(
         False, description="Test each connection with a round trip before handing it out."
     )
-    database_retry_attempts: int = Field(3, ge=1, description="Attempts made by @with_db_retry.")
+    database_retry_attempts: int = Field(
+        6, ge=1, description="Attempts made by @with_db_retry (the first and the retries)."
+    )
     database_retry_backoff: float = Field(
         2.0, ge=1.0, description="Growth factor of the delay between retries."
+    )
+    database_retry_base_delay: float = Field(
+        0.2, ge=0, description="Seconds before the first retry (grown by the backoff factor)."
+    )
+    database_retry_max_delay: float = Field(
+        2.0, ge=0, description="Longest wait between two attempts, in seconds."
+    )
+    database_retry_deadline: float | None = Field(
+        30.0,
+        gt=0,
+        description="Seconds after the first attempt began when no further attempt starts.",
+    )
+    database_connect_timeout: float = Field(
+        10.0, gt=0, description="Seconds a new connection may take before it fails."
+    )
+    database_command_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds the client waits for any answer from the server before it gives "
+        "the connection up; unset: the statement timeout plus 5 s, or 60 s without one.",
     )
     database_echo: bool = Field(False, description="Log every SQL statement.")
     database_background_pool_size: int = Field(

@@ -23,7 +23,8 @@ from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.types import TypeEngine
 
 from aegis_shared.database import drivers
-from aegis_shared.errors.mapping import translate_dbapi_error
+from aegis_shared.database.engine import driver_failure
+from aegis_shared.errors.exceptions import DatabaseConnectionError
 
 
 def table_columns(mapper: Mapper[Any]) -> list[tuple[str, Column[Any]]]:
@@ -219,10 +220,17 @@ async def _copy(
             driver, table.name, table.schema, [columns.by_key[key].name for key in keys], records
         )
     except Exception as exc:
-        translated = translate_dbapi_error(exc)
+        translated = driver_failure(connection.engine, exc, raw.dbapi_connection)
+        if isinstance(translated, DatabaseConnectionError):
+            # Never back into the pool: the next unit of work would meet a dead link.
+            await connection.invalidate(exc)
         if translated is None:
             raise
         raise translated from exc
+    except BaseException:
+        # Cancelled mid-COPY: the protocol is mid-stream, the connection unusable.
+        raw.invalidate()
+        raise
 
 
 def _records(

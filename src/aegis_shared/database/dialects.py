@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,12 @@ class EngineOptions:
     """What a caller asked for, independent of the backend."""
 
     statement_timeout: float | None = None
+    #: Seconds a new connection may take (TCP, TLS and login) before it fails.
+    connect_timeout: float = 10.0
+    #: Seconds the client waits for any answer of the server before it gives the
+    #: connection up (``None``: forever). Longer than ``statement_timeout``, so the server
+    #: cancels a slow statement first; this only ends a stall (a partition, a dead host).
+    command_timeout: float | None = None
     sqlite_busy_timeout: float = 30.0
     application_name: str = "aegis-shared"
     prepared_statement_cache_size: int | None = None
@@ -51,9 +58,74 @@ class DialectProfile:
     def install(self, engine: AsyncEngine, url: URL, options: EngineOptions) -> None:
         """Attach connection and transaction events to ``engine``."""
 
+    def is_closed(self, dbapi_connection: Any) -> bool:
+        """True when the driver already knows the connection is gone (the server closed
+        it), which costs no round trip to find out."""
+        return False
+
+
+def merge_connect_args(ours: dict[str, Any], theirs: dict[str, Any] | None) -> dict[str, Any]:
+    """The caller's ``connect_args`` over the profile's; a dictionary in both (asyncpg's
+    ``server_settings``) is merged key by key, the caller's values winning, so passing
+    one server setting does not drop the library's ``statement_timeout``."""
+    merged = dict(ours)
+    for key, value in (theirs or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+#: Seconds a graceful close (asyncpg's Terminate message) may wait for the server.
+GRACEFUL_CLOSE_TIMEOUT = 0.5
+
+
+def _terminate_at_once(dbapi_connection: Any) -> None:
+    """Drop an invalidated asyncpg connection without waiting for the server.
+
+    Why: SQLAlchemy first tries a graceful close that waits up to 2 s, which on a stalled
+    network is 2 s added to every failure (and to a cancellation, which must be prompt).
+    A connection is invalidated because it broke or its state is unknown; there is nothing
+    to say to the server on it.
+    """
+    dbapi_connection.driver_connection.terminate()
+
+
+def _bounded_close() -> Any:
+    """A ``do_close`` for asyncpg that never waits on the server longer than
+    :data:`GRACEFUL_CLOSE_TIMEOUT`.
+
+    Why: asyncpg's own ``close()`` waits for ever, so a stalled network would hang
+    ``DatabaseManager.close()``. Once one graceful close has timed out, the server is taken
+    as unreachable for a second and the next closes (the rest of the pool, disposed one by
+    one) terminate at once, so closing a whole pool costs one timeout, not one each.
+    """
+    from sqlalchemy.util.concurrency import await_only
+
+    stalled_until = 0.0
+
+    def close(dbapi_connection: Any) -> None:
+        nonlocal stalled_until
+        driver = dbapi_connection.driver_connection
+        if time.monotonic() < stalled_until:
+            driver.terminate()
+            return
+        try:
+            await_only(driver.close(timeout=GRACEFUL_CLOSE_TIMEOUT))
+        except OSError:  # TimeoutError included
+            stalled_until = time.monotonic() + 1.0
+            driver.terminate()
+        except BaseException:
+            driver.terminate()
+            raise
+
+    return close
+
 
 class PostgresProfile(DialectProfile):
-    """asyncpg: application name and statement timeout as server settings."""
+    """asyncpg: application name and statement timeout as server settings, client-side
+    connect and command timeouts, and closes that never wait on a stalled server."""
 
     name = "postgresql"
 
@@ -61,7 +133,11 @@ class PostgresProfile(DialectProfile):
         settings = {"application_name": options.application_name}
         if options.statement_timeout:
             settings["statement_timeout"] = str(int(options.statement_timeout * 1000))
-        args: dict[str, Any] = {"server_settings": settings}
+        args: dict[str, Any] = {
+            "server_settings": settings,
+            "timeout": options.connect_timeout,
+            "command_timeout": options.command_timeout,
+        }
         if not options.prepared_statements:
             # Behind pgbouncer in transaction mode a named prepared statement may land on
             # another server connection. With both caches at 0, asyncpg (the fast path)
@@ -75,18 +151,36 @@ class PostgresProfile(DialectProfile):
             args["statement_cache_size"] = options.prepared_statement_cache_size
         return args
 
+    def install(self, engine: AsyncEngine, url: URL, options: EngineOptions) -> None:
+        # The dialect's own hooks, replaced on this engine's dialect instance only (the
+        # pool calls dialect.do_terminate / do_close; SQLAlchemy offers no event there).
+        dialect: Any = engine.sync_engine.dialect
+        dialect.do_terminate = _terminate_at_once
+        dialect.do_close = _bounded_close()
+
+    def is_closed(self, dbapi_connection: Any) -> bool:
+        return bool(dbapi_connection.driver_connection.is_closed())
+
 
 def _unique_statement_name() -> str:
     return f"__aegis_{uuid.uuid4().hex}__"
 
 
 class MariaDBProfile(DialectProfile):
-    """asyncmy: statement timeout through MariaDB's ``max_statement_time``."""
+    """asyncmy: statement timeout through MariaDB's ``max_statement_time``; connect and
+    read timeouts on the client."""
 
     name = "mariadb"
 
     def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
-        return {"charset": "utf8mb4"}
+        args: dict[str, Any] = {"charset": "utf8mb4", "connect_timeout": options.connect_timeout}
+        if options.command_timeout:
+            args["read_timeout"] = options.command_timeout
+        return args
+
+    def is_closed(self, dbapi_connection: Any) -> bool:
+        transport = getattr(dbapi_connection.driver_connection, "_transport", None)
+        return transport is None or transport.is_closing()
 
     def install(self, engine: AsyncEngine, url: URL, options: EngineOptions) -> None:
         timeout = options.statement_timeout

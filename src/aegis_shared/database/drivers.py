@@ -9,6 +9,7 @@ drivers' calling conventions.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -47,9 +48,36 @@ async def copy_records(
 
     Returns the number of rows written. Runs inside whatever transaction the connection
     has open, so a rollback undoes it like any INSERT.
+
+    Why the watch: while asyncpg's COPY waits for the socket to drain, it does not notice
+    the connection closing (its flow-control wait is never woken), so a backend killed
+    mid-COPY would hang the caller for ever. A termination listener cancels the COPY
+    instead, and that is reported as the lost connection it is.
     """
-    status: str = await connection.copy_records_to_table(
-        table, records=records, columns=list(columns), schema_name=schema
+    import asyncpg  # type: ignore[import-untyped]
+
+    copy = asyncio.ensure_future(
+        connection.copy_records_to_table(
+            table, records=records, columns=list(columns), schema_name=schema
+        )
     )
+    lost: list[bool] = []
+
+    def on_lost(_: Any) -> None:
+        lost.append(True)
+        copy.cancel()
+
+    connection.add_termination_listener(on_lost)
+    try:
+        status: str = await copy
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if lost and not (task is not None and task.cancelling()):
+            raise asyncpg.exceptions.ConnectionDoesNotExistError(
+                "the connection was closed in the middle of COPY"
+            ) from None
+        raise
+    finally:
+        connection.remove_termination_listener(on_lost)
     # asyncpg returns the command tag, "COPY <rows>".
     return int(status.rsplit(" ", 1)[-1])

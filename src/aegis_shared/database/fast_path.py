@@ -32,9 +32,9 @@ from sqlalchemy.sql import ColumnElement, Select
 from sqlalchemy.util.concurrency import greenlet_spawn
 
 from aegis_shared.database import drivers
+from aegis_shared.database.engine import driver_failure
 from aegis_shared.database.session import CLOSED_KEY, HOLDS_CONNECTION_KEY, AegisSyncSession
 from aegis_shared.errors.exceptions import DatabaseConnectionError, TransactionConflictError
-from aegis_shared.errors.mapping import translate_dbapi_error
 
 #: ``session.info`` key holding the ``AsyncEngine`` fast reads run on; the manager sets it
 #: on the sessions it makes (unless ``fast_path=False``).
@@ -408,24 +408,39 @@ async def _execute(engine: AsyncEngine, sql: str, params: list[Any]) -> list[Any
     try:
         return await drivers.fetch_all(dialect_name, connection.driver_connection, sql, params)
     except Exception as exc:
-        translated = translate_dbapi_error(exc, is_disconnect=isinstance(exc, OSError))
+        translated = driver_failure(engine, exc, connection.dbapi_connection)
         if isinstance(translated, DatabaseConnectionError):
-            await greenlet_spawn(connection.invalidate, exc)
+            # Broken or in an unknown state: never back into the pool. Invalidating does
+            # no I/O here (the dialects terminate at once), so no greenlet is needed.
+            connection.invalidate(exc)
         if translated is None:
             return UNAVAILABLE
         raise translated from exc
     except BaseException:
         # Cancelled mid-statement: the connection's protocol state is unknown, so it must
-        # not go back to the pool as if it were clean.
-        await greenlet_spawn(connection.invalidate)
+        # not go back to the pool as if it were clean. No await here: a cancelled task
+        # under anyio would be cancelled again at the next one.
+        connection.invalidate()
         raise
     finally:
-        if dialect_name in ("postgresql", "sqlite"):
-            # Check-in does no I/O here: asyncpg has no transaction to roll back, and
-            # SQLite's reset rolls back only an open one (dialects.SQLiteProfile).
-            connection.close()
-        else:
-            await greenlet_spawn(connection.close)
+        await _check_in(engine, dialect_name, connection)
+
+
+async def _check_in(
+    engine: AsyncEngine, dialect_name: str, connection: PoolProxiedConnection
+) -> None:
+    """Return ``connection`` to ``engine``'s pool (a no-op once it was invalidated)."""
+    pool = engine.sync_engine.pool
+    room = not isinstance(pool, QueuePool) or pool.checkedin() < pool.size()
+    if dialect_name in ("postgresql", "sqlite") and room:
+        # Check-in does no I/O here: asyncpg has no transaction to roll back, and SQLite's
+        # reset rolls back only an open one (dialects.SQLiteProfile).
+        connection.close()
+    else:
+        # A full pool closes an overflow connection instead of keeping it, and MariaDB's
+        # reset always talks to the server: I/O, which needs SQLAlchemy's greenlet (without
+        # it the close fails with MissingGreenlet and the connection is dropped uncleanly).
+        await greenlet_spawn(connection.close)
 
 
 def attach(session: AsyncSession, reader: ModelReader, rows: Sequence[Sequence[Any]]) -> list[Any]:

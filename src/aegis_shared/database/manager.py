@@ -38,6 +38,28 @@ def _check(name: str, value: float | None, minimum: float) -> None:
         )
 
 
+#: Client-side command timeout when none is set: the server's statement timeout plus this
+#: margin (so the server cancels a slow statement first), or the fallback without one.
+COMMAND_TIMEOUT_MARGIN = 5.0
+COMMAND_TIMEOUT_FALLBACK = 60.0
+
+
+def _command_timeout(command_timeout: float | None, statement_timeout: float | None) -> float:
+    if command_timeout is None:
+        if statement_timeout is None:
+            return COMMAND_TIMEOUT_FALLBACK
+        return statement_timeout + COMMAND_TIMEOUT_MARGIN
+    _check("command_timeout", command_timeout, 0.001)
+    if statement_timeout is not None and command_timeout <= statement_timeout:
+        raise ConfigurationError(
+            f"DatabaseManager(command_timeout={command_timeout!r}) must be longer than "
+            f"statement_timeout={statement_timeout!r}: the server should cancel a slow "
+            "statement before the client gives up on the connection. Raise "
+            "DATABASE_COMMAND_TIMEOUT, or leave it unset."
+        )
+    return command_timeout
+
+
 class DatabaseManager:
     """Owns the connection pools of one database and hands out sessions.
 
@@ -65,8 +87,13 @@ class DatabaseManager:
         background_pool_size: int = 5,
         background_max_overflow: int = 0,
         statement_timeout: float | None = None,
-        retry_attempts: int = 3,
+        connect_timeout: float = 10.0,
+        command_timeout: float | None = None,
+        retry_attempts: int = 6,
         retry_backoff: float = 2.0,
+        retry_base_delay: float = 0.2,
+        retry_max_delay: float = 2.0,
+        retry_deadline: float | None = 30.0,
         max_page_size: int = 1000,
         prepared_statement_cache_size: int | None = None,
         prepared_statements: bool = True,
@@ -83,16 +110,31 @@ class DatabaseManager:
         _check("retry_attempts", retry_attempts, 1)
         _check("retry_backoff", retry_backoff, 1)
         _check("max_page_size", max_page_size, 1)
+        _check("connect_timeout", connect_timeout, 0.001)
+        _check("retry_base_delay", retry_base_delay, 0)
+        _check("retry_max_delay", retry_max_delay, retry_base_delay)
+        if retry_deadline is not None:
+            _check("retry_deadline", retry_deadline, 0.001)
         if statement_timeout is not None:
             _check("statement_timeout", statement_timeout, 0.001)
+        command_timeout = _command_timeout(command_timeout, statement_timeout)
         self.url = normalize_url(database_url)
         self.retry_attempts = retry_attempts
         self.retry_backoff = retry_backoff
+        self.retry_base_delay = retry_base_delay
+        self.retry_max_delay = retry_max_delay
+        self.retry_deadline = retry_deadline
+        #: Seconds a new connection may take, and the client waits for any answer (the
+        #: resolved value when ``command_timeout`` was left out); see docs/guide.md.
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
         self.max_page_size = max_page_size
         self.fast_path = fast_path
         self._closed = False
         options = EngineOptions(
             statement_timeout=statement_timeout,
+            connect_timeout=connect_timeout,
+            command_timeout=command_timeout,
             sqlite_busy_timeout=max(float(pool_timeout), 5.0),
             prepared_statement_cache_size=prepared_statement_cache_size,
             prepared_statements=prepared_statements,
@@ -168,8 +210,13 @@ class DatabaseManager:
             "background_pool_size": settings.database_background_pool_size,
             "background_max_overflow": settings.database_background_max_overflow,
             "statement_timeout": settings.database_statement_timeout,
+            "connect_timeout": settings.database_connect_timeout,
+            "command_timeout": settings.database_command_timeout,
             "retry_attempts": settings.database_retry_attempts,
             "retry_backoff": settings.database_retry_backoff,
+            "retry_base_delay": settings.database_retry_base_delay,
+            "retry_max_delay": settings.database_retry_max_delay,
+            "retry_deadline": settings.database_retry_deadline,
             "max_page_size": settings.database_max_page_size,
             "prepared_statements": settings.database_prepared_statements,
             "fast_path": settings.database_fast_path,

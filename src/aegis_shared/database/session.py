@@ -7,7 +7,8 @@ Two additions to SQLAlchemy's ``AsyncSession``:
   (``session.execute("SELECT * FROM users WHERE id = :id", {"id": 1})``).
 * ``commit()`` flushes first, so a failure there is known not to have committed; a
   connection lost during the COMMIT itself raises
-  :class:`~aegis_shared.errors.exceptions.CommitOutcomeUnknownError`. After a successful
+  :class:`~aegis_shared.errors.exceptions.CommitOutcomeUnknownError` (as every COMMIT on
+  the library's engines does). After a successful
   commit the ``on_commit`` callbacks run (see :class:`~aegis_shared.database.TransactionManager`).
 * Touching an attribute or relationship that was not loaded raises
   :class:`~aegis_shared.errors.exceptions.RelationshipNotLoadedError`, naming the attribute
@@ -27,11 +28,7 @@ from sqlalchemy.sql import Executable
 from sqlalchemy.util.concurrency import in_greenlet
 
 from aegis_shared.database import callbacks
-from aegis_shared.errors.exceptions import (
-    CommitOutcomeUnknownError,
-    DatabaseConnectionError,
-    RelationshipNotLoadedError,
-)
+from aegis_shared.errors.exceptions import RelationshipNotLoadedError
 
 CLOSED_KEY = "aegis.closed"
 #: Present in ``session.info`` while the session's transaction holds a connection.
@@ -80,15 +77,12 @@ class AegisSession(AsyncSession):
         """Flush, commit, then run the callbacks registered with ``on_commit``."""
         await self.flush()
         try:
+            # A link lost during the COMMIT itself arrives as CommitOutcomeUnknownError,
+            # from the engine (see aegis_shared.database.engine), whatever API committed.
             await super().commit()
-        except DatabaseConnectionError as exc:
+        except BaseException:
             callbacks.discard_all(self)
-            raise CommitOutcomeUnknownError(
-                "The connection was lost while COMMIT was in flight, so the work may or may "
-                "not have been saved. Check before repeating it, or mark the operation "
-                "idempotent (with_db_retry(idempotent=True)) if repeating it is safe.",
-                orig=exc.orig,
-            ) from exc
+            raise
         await callbacks.run_committed(self)
 
     async def rollback(self) -> None:

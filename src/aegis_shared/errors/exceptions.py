@@ -94,6 +94,12 @@ class DatabaseConnectionError(DatabaseError):
     """The database could not be reached, or the connection broke during the work."""
 
 
+class DatabaseLoginError(DatabaseConnectionError):
+    """The server refused the login itself: a wrong password, a role or database that does
+    not exist, access denied. Not transient, so :func:`~aegis_shared.database.with_db_retry`
+    never retries it; fix the credentials or the database name in ``DATABASE_URL``."""
+
+
 class CommitOutcomeUnknownError(DatabaseConnectionError):
     """The connection dropped while COMMIT was in flight: the work may or may not be saved.
 
@@ -129,6 +135,7 @@ __all__ = [
     "ConfigurationError",
     "DatabaseConnectionError",
     "DatabaseError",
+    "DatabaseLoginError",
     "DatabaseManagerClosedError",
     "DatabaseNotConfiguredError",
     "DuplicateEntityError",

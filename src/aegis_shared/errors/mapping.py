@@ -18,6 +18,7 @@ from aegis_shared.errors.exceptions import (
     CheckViolationError,
     DatabaseConnectionError,
     DatabaseError,
+    DatabaseLoginError,
     DuplicateEntityError,
     ForeignKeyViolationError,
     IntegrityViolationError,
@@ -33,8 +34,10 @@ _PG_NOT_NULL = "23502"
 _PG_CHECK = "23514"
 _PG_CONFLICT = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
 _PG_QUERY_CANCELED = "57014"
-# connection, shutdown, too many connections, bad login ("28"), no such database
-_PG_CONNECTION_CLASSES = ("08", "57P01", "57P02", "57P03", "53300", "28", "3D000")
+# connection lost or refused, shutdown, starting up, too many connections
+_PG_CONNECTION_CLASSES = ("08", "57P01", "57P02", "57P03", "53300")
+# the login itself refused: bad password or role ("28"), no such database
+_PG_LOGIN_CLASSES = ("28", "3D000")
 
 # MariaDB / MySQL server and client error numbers.
 _MY_DUPLICATE = {1062, 1586}
@@ -43,11 +46,13 @@ _MY_NOT_NULL = {1048, 1364}
 _MY_CHECK = {3819, 4025}
 _MY_CONFLICT = {1205, 1213}  # lock wait timeout, deadlock
 _MY_QUERY_TIMEOUT = {1969, 3024}  # MariaDB max_statement_time, MySQL max_execution_time
-_MY_CONNECTION = {
+_MY_LOGIN = {
     1044,  # access denied to the database
     1045,  # bad user or password
     1049,  # no such database
     1698,  # access denied (unix_socket plugin)
+}
+_MY_CONNECTION = {
     1040,
     1042,
     1043,
@@ -225,6 +230,8 @@ def _from_postgres(sqlstate: str, error: BaseException) -> DatabaseError | None:
             "DATABASE_STATEMENT_TIMEOUT.",
             orig=error,
         )
+    if sqlstate.startswith(_PG_LOGIN_CLASSES):
+        return _login_error(detail, error)
     if sqlstate.startswith(_PG_CONNECTION_CLASSES):
         return _connection_error(detail, error)
     return None
@@ -271,6 +278,8 @@ def _from_mysql(code: int, error: BaseException) -> DatabaseError | None:
             "DATABASE_STATEMENT_TIMEOUT.",
             orig=error,
         )
+    if code in _MY_LOGIN:
+        return _login_error(detail, error)
     if code in _MY_CONNECTION:
         return _connection_error(detail, error)
     return None
@@ -311,9 +320,19 @@ def _from_sqlite(code: int | None, error: BaseException) -> DatabaseError | None
 
 
 def _connection_error(detail: str, error: BaseException) -> DatabaseConnectionError:
+    # Some driver errors have no text (a bare TimeoutError): name the error instead.
+    detail = detail or type(error).__name__
     return DatabaseConnectionError(
         f"Database connection failed: {detail}. Check that the database is running and "
         "DATABASE_URL is right; transient failures are retried by @with_db_retry.",
+        orig=error,
+    )
+
+
+def _login_error(detail: str, error: BaseException) -> DatabaseLoginError:
+    return DatabaseLoginError(
+        f"The database refused the login: {detail}. This is not transient and is not "
+        "retried: fix the user, password or database name in DATABASE_URL.",
         orig=error,
     )
 
@@ -328,6 +347,10 @@ def translate_dbapi_error(
     """
     if isinstance(error, DatabaseError):
         return error
+    if not isinstance(error, Exception):
+        # CancelledError, KeyboardInterrupt, GreenletExit: a caller's decision to stop,
+        # never a database failure; they must reach the caller as themselves.
+        return None
     root = error.orig if isinstance(error, sa_exc.DBAPIError) and error.orig is not None else error
     driver = _driver(root)
     mapped: DatabaseError | None = None
@@ -354,6 +377,14 @@ def translate_dbapi_error(
     ):
         return _connection_error(_message(root), root)
     return None
+
+
+def is_client_timeout(error: BaseException) -> bool:
+    """True when the client gave up waiting for the server (its command or read timeout):
+    asyncpg raises ``TimeoutError``, asyncmy error 2013 "... (read timeout)"."""
+    if any(isinstance(item, TimeoutError) for item in _chain(error)):
+        return True
+    return _mysql_code(error) == 2013 and "read timeout" in _message(error)
 
 
 def is_connection_error(error: BaseException) -> bool:
