@@ -108,6 +108,22 @@ class FaultProxy:
 
     # -- plumbing ---------------------------------------------------------------------------
 
+    @staticmethod
+    async def _reject(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: bytes
+    ) -> None:
+        if reply.startswith(b"E"):
+            # PostgreSQL: the client speaks first, maybe asking for TLS (an 8-byte
+            # SSLRequest), which a server without TLS declines with "N".
+            first = await asyncio.wait_for(reader.read(65536), 2.0)
+            if len(first) == 8 and first[4:] == _SSL_REQUEST:
+                writer.write(b"N")
+                await writer.drain()
+                await asyncio.wait_for(reader.read(65536), 2.0)
+        # MariaDB's server speaks first: its ERR packet goes out at once.
+        writer.write(reply)
+        await writer.drain()
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
         link = _Link(client=writer)
@@ -115,11 +131,7 @@ class FaultProxy:
         try:
             if self._reject_with is not None:
                 with contextlib.suppress(OSError):
-                    # At once: MariaDB's server speaks first; PostgreSQL's client reads
-                    # the answer after sending its startup message.
-                    writer.write(self._reject_with)
-                    await writer.drain()
-                    await asyncio.wait_for(reader.read(65536), 1.0)
+                    await self._reject(reader, writer, self._reject_with)
                 return
             await self._flowing.wait()
             try:
@@ -128,9 +140,7 @@ class FaultProxy:
                 return
             link.server = server_writer
             upstream = asyncio.ensure_future(self._pump(link, reader, server_writer, up=True))
-            downstream = asyncio.ensure_future(
-                self._pump(link, server_reader, writer, up=False)
-            )
+            downstream = asyncio.ensure_future(self._pump(link, server_reader, writer, up=False))
             link.tasks = [upstream, downstream]
             await asyncio.wait(link.tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -160,6 +170,8 @@ class FaultProxy:
                         # Give the server time to act on the message, then cut the link.
                         asyncio.get_running_loop().call_later(0.2, link.abort)
 
+
+_SSL_REQUEST = struct.pack("!I", 80877103)
 
 #: What a client's COMMIT looks like on the wire (asyncpg's simple query "COMMIT;",
 #: asyncmy's COM_QUERY packet), precise enough not to match "SET AUTOCOMMIT".

@@ -166,6 +166,22 @@ def _unique_statement_name() -> str:
     return f"__aegis_{uuid.uuid4().hex}__"
 
 
+def _asyncmy_connect_within(timeout: float) -> Any:
+    """``asyncmy.connect`` bounded by ``timeout`` as a whole.
+
+    Why: asyncmy's own ``connect_timeout`` covers only opening the socket; the server's
+    greeting and the login then wait on the read timeout, so a server that accepts and
+    never answers would hold a connect for the command timeout instead.
+    """
+
+    async def connect(*args: Any, **kwargs: Any) -> Any:
+        import asyncmy
+
+        return await asyncio.wait_for(asyncmy.connect(*args, **kwargs), timeout)
+
+    return connect
+
+
 class MariaDBProfile(DialectProfile):
     """asyncmy: statement timeout through MariaDB's ``max_statement_time``; connect and
     read timeouts on the client."""
@@ -173,7 +189,11 @@ class MariaDBProfile(DialectProfile):
     name = "mariadb"
 
     def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
-        args: dict[str, Any] = {"charset": "utf8mb4", "connect_timeout": options.connect_timeout}
+        args: dict[str, Any] = {
+            "charset": "utf8mb4",
+            "connect_timeout": options.connect_timeout,
+            "async_creator_fn": _asyncmy_connect_within(options.connect_timeout),
+        }
         if options.command_timeout:
             args["read_timeout"] = options.command_timeout
         return args

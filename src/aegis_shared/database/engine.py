@@ -115,7 +115,7 @@ def _pool_class(options: EngineOptions) -> type[AsyncAdaptedQueuePool]:
 
 
 def _connect_error(options: EngineOptions, exc: Exception) -> DatabaseError | None:
-    if isinstance(exc, TimeoutError):
+    if is_client_timeout(exc):
         return connect_timeout_error(options, exc)
     # A refused connect is a bare OSError for asyncpg; "starting up", "too many clients"
     # and a refused login arrive as the driver's errors.
@@ -168,6 +168,8 @@ def _commit_watch(profile: DialectProfile) -> Any:
         # A link the driver already knows is closed cannot carry the COMMIT: it fails
         # before anything is sent, so the transaction is known not to be saved (the server
         # rolls back a transaction whose connection is gone) and may safely be retried.
+        if connection.invalidated:
+            return  # SQLAlchemy refuses this COMMIT before sending anything
         if not profile.is_closed(connection.connection.dbapi_connection):
             _committing.add(connection)
 
