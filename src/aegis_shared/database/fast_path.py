@@ -374,7 +374,7 @@ async def fetch(
 # filter matches only that message, raised from that SQLAlchemy module.
 warnings.filterwarnings(
     "ignore",
-    message=r"coroutine '_?connect' was never awaited",
+    message=r"coroutine '[\w.<>]*connect' was never awaited",
     category=RuntimeWarning,
     module=r"sqlalchemy\.util\.concurrency",
 )
