@@ -186,6 +186,27 @@ async def test_from_settings_applies_the_pool_settings(
         await db.close()
 
 
+async def test_from_settings_applies_the_timeout_and_retry_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", sqlite_url(tmp_path))
+    monkeypatch.setenv("DATABASE_STATEMENT_TIMEOUT", "4")
+    monkeypatch.setenv("DATABASE_CONNECT_TIMEOUT", "3")
+    monkeypatch.setenv("DATABASE_COMMAND_TIMEOUT", "9")
+    monkeypatch.setenv("DATABASE_RETRY_BASE_DELAY", "0.5")
+    monkeypatch.setenv("DATABASE_RETRY_MAX_DELAY", "4")
+    monkeypatch.setenv("DATABASE_RETRY_DEADLINE", "12")
+    db = DatabaseManager.from_settings(Settings())
+    try:
+        assert (db.connect_timeout, db.command_timeout) == (3, 9)
+        assert (db.retry_base_delay, db.retry_max_delay, db.retry_deadline) == (0.5, 4, 12)
+    finally:
+        await db.close()
+    monkeypatch.setenv("DATABASE_COMMAND_TIMEOUT", "4")
+    with pytest.raises(ConfigurationError, match="DATABASE_COMMAND_TIMEOUT"):
+        DatabaseManager.from_settings(Settings())
+
+
 async def test_from_settings_reads_the_environment_itself(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

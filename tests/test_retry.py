@@ -175,6 +175,25 @@ async def test_bare_decorator_defaults_wait_long_enough_for_a_restart(
     assert 2.5 - 0.05 <= sum(waits) <= 5.0 + 0.05
 
 
+@pytest.mark.parametrize("unreachable", ["postgresql"], indirect=True)
+async def test_the_deadline_stops_attempts_before_they_run_out(
+    no_default_database: None, unreachable: DatabaseManager
+) -> None:
+    attempts = 0
+
+    @with_db_retry(max_attempts=50, deadline=0.5, base_delay=0.1, max_delay=0.1)
+    async def read() -> None:
+        nonlocal attempts
+        attempts += 1
+        async with unreachable.session() as session:
+            await session.execute("SELECT 1")
+
+    with pytest.raises(DatabaseConnectionError):
+        await read()
+    # Waits of 0.05-0.1 s: at most about ten fit in half a second, and at least five.
+    assert 5 <= attempts <= 12
+
+
 async def test_bare_decorator_takes_attempts_from_the_default_manager(
     no_default_database: None, unreachable: DatabaseManager
 ) -> None:
@@ -499,6 +518,8 @@ def test_rejects_functions_that_are_not_async() -> None:
         {"backoff_factor": 0.5},
         {"base_delay": -1},
         {"base_delay": 2, "max_delay": 1},
+        {"deadline": 0},
+        {"deadline": -1},
     ],
 )
 def test_rejects_invalid_settings(kwargs: dict[str, Any]) -> None:
