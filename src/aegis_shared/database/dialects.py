@@ -10,18 +10,23 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import aiosqlite
-from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy import BigInteger, Integer, SmallInteger, event
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import URL, Connection, Dialect
 from sqlalchemy.engine.interfaces import DBAPIConnection, ExecutionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
+from sqlalchemy.types import TypeEngine
 
 _SQLITE_PENDING_BEGIN = "aegis.sqlite_pending_begin"
 _WRITE_PREFIX = re.compile(r"^\s*(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER)\b", re.I)
+#: Integer width in bits by SQLAlchemy type class (see DialectProfile.integer_bits).
+IntegerBits = Mapping[type[TypeEngine[Any]], int]
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,12 @@ class DialectProfile:
     """Engine set-up for one backend; subclasses override what differs."""
 
     name = "generic"
+    #: How many bits the integers of each SQLAlchemy integer type have on this backend;
+    #: the entry nearest the column's type in its class hierarchy applies. Empty: the
+    #: range is unknown, so values are sent as they are.
+    integer_bits: ClassVar[IntegerBits] = {}
+    #: True when the backend stores UNSIGNED integers (a type with ``unsigned=True``).
+    unsigned_integers: ClassVar[bool] = False
 
     def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
         """Driver keyword arguments for each new connection."""
@@ -51,11 +62,25 @@ class DialectProfile:
     def install(self, engine: AsyncEngine, url: URL, options: EngineOptions) -> None:
         """Attach connection and transaction events to ``engine``."""
 
+    def integer_range(self, type_: TypeEngine[Any], dialect: Dialect) -> tuple[int, int] | None:
+        """The smallest and largest value a column of ``type_`` holds on this backend, or
+        ``None`` when it is not an integer type this profile knows."""
+        # The type the dialect really uses: a TypeDecorator's impl, a with_variant() choice.
+        actual = type_._unwrapped_dialect_impl(dialect)
+        for cls in type(actual).__mro__:
+            bits = self.integer_bits.get(cls)
+            if bits is not None:
+                if self.unsigned_integers and getattr(actual, "unsigned", False):
+                    return 0, (1 << bits) - 1
+                return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        return None
+
 
 class PostgresProfile(DialectProfile):
     """asyncpg: application name and statement timeout as server settings."""
 
     name = "postgresql"
+    integer_bits: ClassVar[IntegerBits] = {SmallInteger: 16, Integer: 32, BigInteger: 64}
 
     def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
         settings = {"application_name": options.application_name}
@@ -84,6 +109,14 @@ class MariaDBProfile(DialectProfile):
     """asyncmy: statement timeout through MariaDB's ``max_statement_time``."""
 
     name = "mariadb"
+    integer_bits: ClassVar[IntegerBits] = {
+        mysql.TINYINT: 8,
+        SmallInteger: 16,
+        mysql.MEDIUMINT: 24,
+        Integer: 32,
+        BigInteger: 64,
+    }
+    unsigned_integers = True
 
     def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
         return {"charset": "utf8mb4"}
@@ -131,6 +164,8 @@ class SQLiteProfile(DialectProfile):
     """
 
     name = "sqlite"
+    # SQLite stores every integer, whatever the declared type, in up to 8 bytes.
+    integer_bits: ClassVar[IntegerBits] = {Integer: 64}
 
     def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
         return {"timeout": options.sqlite_busy_timeout, "async_creator_fn": _open_sqlite}
@@ -200,13 +235,19 @@ class SQLiteProfile(DialectProfile):
             conn.info.pop(_SQLITE_PENDING_BEGIN, None)
 
 
+_PROFILES: dict[str, type[DialectProfile]] = {
+    "postgresql": PostgresProfile,
+    "mysql": MariaDBProfile,
+    "mariadb": MariaDBProfile,
+    "sqlite": SQLiteProfile,
+}
+
+
 def profile_for(url: URL) -> DialectProfile:
     """The profile of ``url``'s backend."""
-    backend = url.get_backend_name()
-    if backend == "postgresql":
-        return PostgresProfile()
-    if backend in ("mysql", "mariadb"):
-        return MariaDBProfile()
-    if backend == "sqlite":
-        return SQLiteProfile()
-    return DialectProfile()
+    return profile_named(url.get_backend_name())
+
+
+def profile_named(backend: str) -> DialectProfile:
+    """The profile of a backend by its name (``url.get_backend_name()``, ``dialect.name``)."""
+    return _PROFILES.get(backend, DialectProfile)()
