@@ -23,7 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 from sqlalchemy.types import TypeEngine
 
+#: ``Connection.info`` key: the BEGIN the connection's next statement must send first.
 _SQLITE_PENDING_BEGIN = "aegis.sqlite_pending_begin"
+_BEGIN_FOR_READ = "BEGIN"
+_BEGIN_FOR_WRITE = "BEGIN IMMEDIATE"
 _WRITE_PREFIX = re.compile(r"^\s*(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER)\b", re.I)
 #: Integer width in bits by SQLAlchemy type class (see DialectProfile.integer_bits).
 IntegerBits = Mapping[type[TypeEngine[Any]], int]
@@ -61,6 +64,14 @@ class DialectProfile:
 
     def install(self, engine: AsyncEngine, url: URL, options: EngineOptions) -> None:
         """Attach connection and transaction events to ``engine``."""
+
+    def declare_write(self, connection: Connection) -> None:
+        """Make the transaction just begun on ``connection`` a write transaction from its
+        first statement (``UnitOfWork(write=True)``).
+
+        Nothing to do by default: PostgreSQL and MariaDB lock rows as a transaction writes
+        them, so a transaction that reads first can always write later.
+        """
 
     def integer_range(self, type_: TypeEngine[Any], dialect: Dialect) -> tuple[int, int] | None:
         """The smallest and largest value a column of ``type_`` holds on this backend, or
@@ -160,7 +171,9 @@ class SQLiteProfile(DialectProfile):
     when that statement writes (the transaction queues for the write lock up front instead
     of failing with "database is locked"), a plain deferred ``BEGIN`` for reads so readers
     never wait on writers. A deferred transaction that writes later may still meet a
-    concurrent writer; that surfaces as TransactionConflictError, which @with_db_retry retries.
+    concurrent writer: SQLite refuses its lock upgrade at once (the busy timeout does not
+    apply), which surfaces as TransactionConflictError. A transaction declared a writer
+    (:meth:`declare_write`) begins with ``BEGIN IMMEDIATE`` whatever its first statement.
     """
 
     name = "sqlite"
@@ -174,6 +187,13 @@ class SQLiteProfile(DialectProfile):
         # The pool's own reset sends a rollback through aiosqlite's thread even when no
         # transaction is open; _reset_if_needed below rolls back only when one is.
         return {"pool_reset_on_return": None}
+
+    def declare_write(self, connection: Connection) -> None:
+        """``BEGIN IMMEDIATE`` at the first statement, a read too: the transaction waits
+        (up to the busy timeout) for the write lock before it reads, instead of failing
+        when its first write finds another writer holding it."""
+        if _SQLITE_PENDING_BEGIN in connection.info:
+            connection.info[_SQLITE_PENDING_BEGIN] = _BEGIN_FOR_WRITE
 
     def install(self, engine: AsyncEngine, url: URL, options: EngineOptions) -> None:
         memory = (url.database or ":memory:") == ":memory:"
@@ -201,7 +221,7 @@ class SQLiteProfile(DialectProfile):
 
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.info[_SQLITE_PENDING_BEGIN] = True
+            conn.info[_SQLITE_PENDING_BEGIN] = _BEGIN_FOR_READ
 
         @event.listens_for(engine.sync_engine, "before_cursor_execute")
         def _begin_lazily(
@@ -212,7 +232,8 @@ class SQLiteProfile(DialectProfile):
             context: ExecutionContext | None,
             executemany: bool,
         ) -> None:
-            if not conn.info.pop(_SQLITE_PENDING_BEGIN, False):
+            begin_statement = conn.info.pop(_SQLITE_PENDING_BEGIN, None)
+            if begin_statement is None:
                 return
             writes = bool(_WRITE_PREFIX.match(statement)) or bool(
                 context is not None
@@ -223,7 +244,7 @@ class SQLiteProfile(DialectProfile):
             begin = conn.connection.dbapi_connection
             assert begin is not None
             own = begin.cursor()
-            own.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+            own.execute(_BEGIN_FOR_WRITE if writes else begin_statement)
             own.close()
 
         @event.listens_for(engine.sync_engine, "commit")
