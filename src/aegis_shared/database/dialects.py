@@ -54,17 +54,6 @@ class DialectProfile:
     #: True when the backend stores UNSIGNED integers (a type with ``unsigned=True``).
     unsigned_integers: ClassVar[bool] = False
 
-    def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
-        """Driver keyword arguments for each new connection."""
-        return {}
-
-    def engine_kwargs(self) -> dict[str, Any]:
-        """Extra ``create_async_engine`` arguments."""
-        return {}
-
-    def install(self, engine: AsyncEngine, url: URL, options: EngineOptions) -> None:
-        """Attach connection and transaction events to ``engine``."""
-
     def declare_write(self, connection: Connection) -> None:
         """Make the transaction just begun on ``connection`` a write transaction from its
         first statement (``UnitOfWork(write=True)``).
@@ -85,6 +74,17 @@ class DialectProfile:
                     return 0, (1 << bits) - 1
                 return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
         return None
+
+    def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
+        """Driver keyword arguments for each new connection."""
+        return {}
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """Extra ``create_async_engine`` arguments."""
+        return {}
+
+    def install(self, engine: AsyncEngine, url: URL, options: EngineOptions) -> None:
+        """Attach connection and transaction events to ``engine``."""
 
 
 class PostgresProfile(DialectProfile):
