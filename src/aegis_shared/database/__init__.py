@@ -13,6 +13,7 @@ from aegis_shared.database.retry import with_db_retry
 from aegis_shared.database.session import AegisSession
 from aegis_shared.database.transactions import TransactionManager
 from aegis_shared.database.unit_of_work import BackgroundUnitOfWork, UnitOfWork
+from aegis_shared.database.write_intent import declare_write
 
 __all__ = [
     "AegisSession",
@@ -23,6 +24,7 @@ __all__ = [
     "TransactionManager",
     "UnitOfWork",
     "configure_database",
+    "declare_write",
     "get_background_session",
     "get_database",
     "get_session",

@@ -11,18 +11,26 @@ import asyncio
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import aiosqlite
-from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy import BigInteger, Integer, SmallInteger, event
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import URL, Connection, Dialect
 from sqlalchemy.engine.interfaces import DBAPIConnection, ExecutionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
+from sqlalchemy.types import TypeEngine
 
+#: ``Connection.info`` key: the BEGIN the connection's next statement must send first.
 _SQLITE_PENDING_BEGIN = "aegis.sqlite_pending_begin"
+_BEGIN_FOR_READ = "BEGIN"
+_BEGIN_FOR_WRITE = "BEGIN IMMEDIATE"
 _WRITE_PREFIX = re.compile(r"^\s*(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER)\b", re.I)
+#: Integer width in bits by SQLAlchemy type class (see DialectProfile.integer_bits).
+IntegerBits = Mapping[type[TypeEngine[Any]], int]
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,33 @@ class DialectProfile:
     """Engine set-up for one backend; subclasses override what differs."""
 
     name = "generic"
+    #: How many bits the integers of each SQLAlchemy integer type have on this backend;
+    #: the entry nearest the column's type in its class hierarchy applies. Empty: the
+    #: range is unknown, so values are sent as they are.
+    integer_bits: ClassVar[IntegerBits] = {}
+    #: True when the backend stores UNSIGNED integers (a type with ``unsigned=True``).
+    unsigned_integers: ClassVar[bool] = False
+
+    def declare_write(self, connection: Connection) -> None:
+        """Make the transaction just begun on ``connection`` a write transaction from its
+        first statement (``UnitOfWork(write=True)``).
+
+        Nothing to do by default: PostgreSQL and MariaDB lock rows as a transaction writes
+        them, so a transaction that reads first can always write later.
+        """
+
+    def integer_range(self, type_: TypeEngine[Any], dialect: Dialect) -> tuple[int, int] | None:
+        """The smallest and largest value a column of ``type_`` holds on this backend, or
+        ``None`` when it is not an integer type this profile knows."""
+        # The type the dialect really uses: a TypeDecorator's impl, a with_variant() choice.
+        actual = type_._unwrapped_dialect_impl(dialect)
+        for cls in type(actual).__mro__:
+            bits = self.integer_bits.get(cls)
+            if bits is not None:
+                if self.unsigned_integers and getattr(actual, "unsigned", False):
+                    return 0, (1 << bits) - 1
+                return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        return None
 
     def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
         """Driver keyword arguments for each new connection."""
@@ -128,6 +163,7 @@ class PostgresProfile(DialectProfile):
     connect and command timeouts, and closes that never wait on a stalled server."""
 
     name = "postgresql"
+    integer_bits: ClassVar[IntegerBits] = {SmallInteger: 16, Integer: 32, BigInteger: 64}
 
     def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
         settings = {"application_name": options.application_name}
@@ -187,6 +223,14 @@ class MariaDBProfile(DialectProfile):
     read timeouts on the client."""
 
     name = "mariadb"
+    integer_bits: ClassVar[IntegerBits] = {
+        mysql.TINYINT: 8,
+        SmallInteger: 16,
+        mysql.MEDIUMINT: 24,
+        Integer: 32,
+        BigInteger: 64,
+    }
+    unsigned_integers = True
 
     def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
         args: dict[str, Any] = {
@@ -241,10 +285,14 @@ class SQLiteProfile(DialectProfile):
     when that statement writes (the transaction queues for the write lock up front instead
     of failing with "database is locked"), a plain deferred ``BEGIN`` for reads so readers
     never wait on writers. A deferred transaction that writes later may still meet a
-    concurrent writer; that surfaces as TransactionConflictError, which @with_db_retry retries.
+    concurrent writer: SQLite refuses its lock upgrade at once (the busy timeout does not
+    apply), which surfaces as TransactionConflictError. A transaction declared a writer
+    (:meth:`declare_write`) begins with ``BEGIN IMMEDIATE`` whatever its first statement.
     """
 
     name = "sqlite"
+    # SQLite stores every integer, whatever the declared type, in up to 8 bytes.
+    integer_bits: ClassVar[IntegerBits] = {Integer: 64}
 
     def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
         return {"timeout": options.sqlite_busy_timeout, "async_creator_fn": _open_sqlite}
@@ -253,6 +301,13 @@ class SQLiteProfile(DialectProfile):
         # The pool's own reset sends a rollback through aiosqlite's thread even when no
         # transaction is open; _reset_if_needed below rolls back only when one is.
         return {"pool_reset_on_return": None}
+
+    def declare_write(self, connection: Connection) -> None:
+        """``BEGIN IMMEDIATE`` at the first statement, a read too: the transaction waits
+        (up to the busy timeout) for the write lock before it reads, instead of failing
+        when its first write finds another writer holding it."""
+        if _SQLITE_PENDING_BEGIN in connection.info:
+            connection.info[_SQLITE_PENDING_BEGIN] = _BEGIN_FOR_WRITE
 
     def install(self, engine: AsyncEngine, url: URL, options: EngineOptions) -> None:
         memory = (url.database or ":memory:") == ":memory:"
@@ -280,7 +335,7 @@ class SQLiteProfile(DialectProfile):
 
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.info[_SQLITE_PENDING_BEGIN] = True
+            conn.info[_SQLITE_PENDING_BEGIN] = _BEGIN_FOR_READ
 
         @event.listens_for(engine.sync_engine, "before_cursor_execute")
         def _begin_lazily(
@@ -291,7 +346,8 @@ class SQLiteProfile(DialectProfile):
             context: ExecutionContext | None,
             executemany: bool,
         ) -> None:
-            if not conn.info.pop(_SQLITE_PENDING_BEGIN, False):
+            begin_statement = conn.info.pop(_SQLITE_PENDING_BEGIN, None)
+            if begin_statement is None:
                 return
             writes = bool(_WRITE_PREFIX.match(statement)) or bool(
                 context is not None
@@ -302,7 +358,7 @@ class SQLiteProfile(DialectProfile):
             begin = conn.connection.dbapi_connection
             assert begin is not None
             own = begin.cursor()
-            own.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+            own.execute(_BEGIN_FOR_WRITE if writes else begin_statement)
             own.close()
 
         @event.listens_for(engine.sync_engine, "commit")
@@ -314,13 +370,19 @@ class SQLiteProfile(DialectProfile):
             conn.info.pop(_SQLITE_PENDING_BEGIN, None)
 
 
+_PROFILES: dict[str, type[DialectProfile]] = {
+    "postgresql": PostgresProfile,
+    "mysql": MariaDBProfile,
+    "mariadb": MariaDBProfile,
+    "sqlite": SQLiteProfile,
+}
+
+
 def profile_for(url: URL) -> DialectProfile:
     """The profile of ``url``'s backend."""
-    backend = url.get_backend_name()
-    if backend == "postgresql":
-        return PostgresProfile()
-    if backend in ("mysql", "mariadb"):
-        return MariaDBProfile()
-    if backend == "sqlite":
-        return SQLiteProfile()
-    return DialectProfile()
+    return profile_named(url.get_backend_name())
+
+
+def profile_named(backend: str) -> DialectProfile:
+    """The profile of a backend by its name (``url.get_backend_name()``, ``dialect.name``)."""
+    return _PROFILES.get(backend, DialectProfile)()

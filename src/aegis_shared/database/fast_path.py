@@ -34,6 +34,7 @@ from sqlalchemy.util.concurrency import greenlet_spawn
 from aegis_shared.database import drivers
 from aegis_shared.database.engine import driver_failure
 from aegis_shared.database.session import CLOSED_KEY, HOLDS_CONNECTION_KEY, AegisSyncSession
+from aegis_shared.database.write_intent import WRITE_KEY
 from aegis_shared.errors.exceptions import DatabaseConnectionError, TransactionConflictError
 
 #: ``session.info`` key holding the ``AsyncEngine`` fast reads run on; the manager sets it
@@ -108,10 +109,12 @@ def session_is_idle(session: AsyncSession) -> AsyncEngine | None:
     connection (nothing read or written in its transaction yet), has no pending changes
     and no explicit ``begin()``. Once a unit of work has written, this is false until it
     commits or rolls back, so its reads go through its transaction and see its writes.
+    Never for a session that declared it will write (``UnitOfWork(write=True)``): its
+    reads belong inside its transaction, under the write lock it takes up front.
     """
     info = session.info
     engine = info.get(FAST_PATH_ENGINE_KEY)
-    if engine is None or HOLDS_CONNECTION_KEY in info or CLOSED_KEY in info:
+    if engine is None or HOLDS_CONNECTION_KEY in info or CLOSED_KEY in info or WRITE_KEY in info:
         return None
     sync = session.sync_session
     transaction = sync.get_transaction()

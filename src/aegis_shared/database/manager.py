@@ -19,6 +19,7 @@ from aegis_shared.database.fast_path import FAST_PATH_ENGINE_KEY
 from aegis_shared.database.repository import MAX_PAGE_SIZE_KEY
 from aegis_shared.database.session import AegisSession, rollback_quietly
 from aegis_shared.database.urls import is_sqlite_memory, normalize_url, safe_url
+from aegis_shared.database.write_intent import declare_write
 from aegis_shared.errors.exceptions import (
     ConfigurationError,
     DatabaseError,
@@ -269,22 +270,30 @@ class DatabaseManager:
     # -- standalone sessions ------------------------------------------------------------
 
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[AegisSession]:
+    async def session(self, *, write: bool = False) -> AsyncIterator[AegisSession]:
         """A session that commits when the block ends normally, rolls back when it raises,
-        and is always closed (seed 001)."""
-        async with self._scoped(self.session_factory) as session:
+        and is always closed (seed 001).
+
+        ``write=True`` for a block that reads and then writes: its transaction begins as a
+        write transaction (``BEGIN IMMEDIATE`` on SQLite), see ``UnitOfWork(write=True)``.
+        """
+        async with self._scoped(self.session_factory, write) as session:
             yield session
 
     @asynccontextmanager
-    async def background_session(self) -> AsyncIterator[AegisSession]:
+    async def background_session(self, *, write: bool = False) -> AsyncIterator[AegisSession]:
         """Like :meth:`session`, on the background pool."""
-        async with self._scoped(self.background_session_factory) as session:
+        async with self._scoped(self.background_session_factory, write) as session:
             yield session
 
     @staticmethod
     @asynccontextmanager
-    async def _scoped(factory: async_sessionmaker[AegisSession]) -> AsyncIterator[AegisSession]:
+    async def _scoped(
+        factory: async_sessionmaker[AegisSession], write: bool
+    ) -> AsyncIterator[AegisSession]:
         session = factory()
+        if write:
+            declare_write(session)
         try:
             yield session
         except BaseException:

@@ -23,7 +23,7 @@ from sqlalchemy.orm.interfaces import ORMOption
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.compiler import InsertmanyvaluesSentinelOpts
 
-from aegis_shared.database import bulk, fast_path
+from aegis_shared.database import bulk, fast_path, integer_ranges
 from aegis_shared.errors.exceptions import EntityNotFoundError
 from aegis_shared.models.types import UTCDateTime
 
@@ -145,6 +145,17 @@ class BaseRepository(Generic[ModelT]):
         for name in filters:
             self._check_column(name, "filter on")
         return filters
+
+    def _ranges(self) -> integer_ranges.ColumnRanges:
+        sync = self.session.sync_session
+        bind = sync.bind if sync.bind is not None else sync.get_bind(mapper=self._mapper)
+        return integer_ranges.ranges_for(self._mapper, bind.dialect)
+
+    def _matchable(self, filters: Filters | None) -> Filters | None:
+        """``filters`` checked, without IN members no row can hold; ``None`` when no row
+        can match them (an integer out of its column's range: see integer_ranges)."""
+        checked = self._check_filters(filters)
+        return self._ranges().possible_filters(checked) if checked else checked
 
     def _conditions(self, filters: Filters | None) -> list[ColumnElement[bool]]:
         conditions: list[ColumnElement[bool]] = []
@@ -455,8 +466,11 @@ class BaseRepository(Generic[ModelT]):
         """The row with primary key ``id``, or ``None``.
 
         With ``options`` (``selectinload(...)``) the row is read again even if this session
-        already holds it, so the requested relationships are really loaded.
+        already holds it, so the requested relationships are really loaded. An integer id
+        its column cannot hold (``2**70``) is not found, without a query.
         """
+        if self._ranges().impossible_id(id):
+            return None
         if options:
             return await self.session.get(self.model, id, options=options, populate_existing=True)
         found = await self._fast_get(id)
@@ -515,10 +529,14 @@ class BaseRepository(Generic[ModelT]):
     ) -> list[ModelT]:
         """Rows matching ``filters`` (``None`` means IS NULL, a list means IN), ordered by
         ``order_by`` (column names, ``-name`` for descending; the primary key by default),
-        ``limit`` rows (100 by default) from ``skip``."""
-        self._check_filters(filters)
+        ``limit`` rows (100 by default) from ``skip``. An integer no row can hold matches
+        nothing (and is dropped from an IN list), without a query."""
+        matchable = self._matchable(filters)
         keys = self._order_keys(order_by)
         skip, limit = self._skip(skip), self._limit(limit)
+        if matchable is None:
+            return []
+        filters = matchable
         if not options and keys is not None:
             rows = await self._fast_list(filters, keys, skip, limit)
             if rows is not None:
@@ -544,7 +562,11 @@ class BaseRepository(Generic[ModelT]):
 
     async def count(self, filters: Filters | None = None) -> int:
         """Number of rows matching ``filters``."""
-        shape = fast_path.filter_shape(self._check_filters(filters))
+        matchable = self._matchable(filters)
+        if matchable is None:
+            return 0
+        filters = matchable
+        shape = fast_path.filter_shape(filters)
         if shape is not None:
             rows = await self._fast_rows(self._fast_reader(), "count", shape[0], shape[1])
             if rows is not None:
@@ -554,7 +576,10 @@ class BaseRepository(Generic[ModelT]):
 
     async def exists(self, id: Any = None, *, filters: Filters | None = None) -> bool:
         """True when a row with ``id`` (and/or matching ``filters``) exists."""
-        conditions = self._conditions(filters)
+        matchable = self._matchable(filters)
+        if matchable is None or (id is not None and self._ranges().impossible_id(id)):
+            return False
+        conditions = self._conditions(matchable)
         if id is not None:
             (pk,) = self._mapper.primary_key
             conditions.append(pk == id)

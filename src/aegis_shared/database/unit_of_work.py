@@ -10,6 +10,7 @@ from aegis_shared.database.manager import DatabaseManager
 from aegis_shared.database.registry import get_database
 from aegis_shared.database.repository import BaseRepository
 from aegis_shared.database.session import AegisSession, rollback_quietly
+from aegis_shared.database.write_intent import declare_write
 from aegis_shared.errors.exceptions import UnitOfWorkStateError
 
 
@@ -26,6 +27,11 @@ class UnitOfWork:
     exception, rolls back. The session is always closed at the end, and the unit of work
     (and its repositories) refuse use afterwards. ``UnitOfWork()`` uses the default manager
     (see :func:`~aegis_shared.database.configure_database`); pass one to choose another.
+
+    ``UnitOfWork(write=True)`` is for work that reads and then writes (a toggle, a
+    counter): each of its transactions begins as a write transaction, so on SQLite
+    concurrent ones queue for the write lock instead of failing with a conflict, and its
+    reads run inside the transaction (see :mod:`aegis_shared.database.write_intent`).
     """
 
     _repository_types: ClassVar[dict[str, type[BaseRepository[Any]]] | None] = None
@@ -34,8 +40,9 @@ class UnitOfWork:
         super().__init_subclass__(**kwargs)
         cls._repository_types = None
 
-    def __init__(self, db: DatabaseManager | None = None) -> None:
+    def __init__(self, db: DatabaseManager | None = None, *, write: bool = False) -> None:
         self._db = db
+        self._write = write
         self._session: AegisSession | None = None
         self._state = "new"
 
@@ -71,6 +78,8 @@ class UnitOfWork:
                 "new one for each operation"
             )
         self._session = self._open_session()
+        if self._write:
+            declare_write(self._session)
         self._state = "open"
         for name, repository in self._declared_repositories().items():
             setattr(self, name, repository(self._session))

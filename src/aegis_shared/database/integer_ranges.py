@@ -1,0 +1,100 @@
+"""Which values a model's integer columns can hold, so an impossible value is never sent.
+
+An id outside its column's range (``get_by_id(2**70)``, an id from a URL) fails in the
+drivers, each its own way: ``OverflowError`` on SQLite, "value out of int32 range" on
+PostgreSQL, nothing found on MariaDB. No row can hold such a value, so the repository
+answers as for any id that is not there (``None``, ``EntityNotFoundError``, ``False``, no
+rows), on every backend and without a query. The range of each column type on each
+backend comes from the dialect seam (:meth:`DialectProfile.integer_range`).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Mapper
+
+from aegis_shared.database.dialects import profile_named
+
+Range = tuple[int, int]
+#: The values an IN filter takes (as ``BaseRepository.list(filters=...)`` reads them).
+IN_VALUES = (list, tuple, set, frozenset)
+
+
+def _outside(value: Any, bounds: Range | None) -> bool:
+    """True when ``value`` is an int that a column with ``bounds`` cannot hold.
+
+    Only ints are judged: other values (strings, floats) go to the database as before,
+    which converts or rejects them as it always has.
+    """
+    return bounds is not None and isinstance(value, int) and not bounds[0] <= value <= bounds[1]
+
+
+@dataclass(frozen=True)
+class ColumnRanges:
+    """The integer columns of one model on one dialect, by attribute name."""
+
+    by_key: Mapping[str, Range]
+    #: One entry per primary-key column, in the mapper's order (``None``: not an integer).
+    primary_key: tuple[Range | None, ...]
+
+    def impossible_id(self, id: Any) -> bool:
+        """True when no row can have primary key ``id`` (a value, or a tuple of them for
+        a composite key), because a part of it is outside its column's range."""
+        values = id if isinstance(id, tuple) else (id,)
+        if len(values) != len(self.primary_key):
+            return False  # the ORM explains a malformed id better than "not found"
+        return any(_outside(v, b) for v, b in zip(values, self.primary_key, strict=True))
+
+    def possible_filters(self, filters: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """``filters`` without the IN members no row can hold, or ``None`` when no row can
+        match: an equality with an impossible value, or an IN left with no members.
+
+        Returns ``filters`` itself when nothing was impossible.
+        """
+        pruned: dict[str, Any] | None = None
+        for key, value in filters.items():
+            bounds = self.by_key.get(key)
+            if isinstance(value, IN_VALUES):
+                kept = [item for item in value if not _outside(item, bounds)]
+                if not kept:
+                    return None
+                if len(kept) != len(value):
+                    pruned = dict(filters) if pruned is None else pruned
+                    pruned[key] = kept
+            elif _outside(value, bounds):
+                return None
+        return filters if pruned is None else pruned
+
+
+_cache: weakref.WeakKeyDictionary[Dialect, dict[Mapper[Any], ColumnRanges]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def ranges_for(mapper: Mapper[Any], dialect: Dialect) -> ColumnRanges:
+    """The :class:`ColumnRanges` of ``mapper``'s columns on ``dialect`` (computed once)."""
+    by_mapper = _cache.get(dialect)
+    if by_mapper is None:
+        by_mapper = _cache[dialect] = {}
+    found = by_mapper.get(mapper)
+    if found is None:
+        found = by_mapper[mapper] = _compute(mapper, dialect)
+    return found
+
+
+def _compute(mapper: Mapper[Any], dialect: Dialect) -> ColumnRanges:
+    profile = profile_named(dialect.name)
+    by_key = {}
+    for prop in mapper.column_attrs:
+        bounds = profile.integer_range(prop.columns[0].type, dialect)
+        if bounds is not None:
+            by_key[prop.key] = bounds
+    primary_key = tuple(
+        by_key.get(mapper.get_property_by_column(column).key) for column in mapper.primary_key
+    )
+    return ColumnRanges(by_key=by_key, primary_key=primary_key)
