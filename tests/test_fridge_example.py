@@ -121,6 +121,12 @@ async def test_bad_requests_change_nothing(fridge: Fridge) -> None:
     async with fridge.client() as client:
         empty = await client.post("/fridge/ingredients", json={"ingredient_ids": []})
         assert empty.status_code == 422
+        for impossible in (2**70, 2**31, 0, -1):
+            for method in ("POST", "DELETE"):
+                response = await client.request(
+                    method, "/fridge/ingredients", json={"ingredient_ids": [MILK, impossible]}
+                )
+                assert response.status_code == 422, (method, impossible)
         unknown = await client.post("/fridge/ingredients", json={"ingredient_ids": [MILK, 999]})
         assert unknown.status_code == 409
         assert unknown.json()["error"] == "ForeignKeyViolationError"

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel, Field
@@ -43,10 +43,15 @@ CATALOGUE = [
 CurrentSession = Depends(current_session)
 
 
+#: An ingredient id as the column can hold it (a 32-bit INTEGER): anything else is a 422,
+#: never a value the database rejects with an overflow.
+IngredientId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
 class IngredientIds(BaseModel):
     """A request body naming ingredients."""
 
-    ingredient_ids: list[int] = Field(min_length=1, max_length=500)
+    ingredient_ids: list[IngredientId] = Field(min_length=1, max_length=500)
 
 
 class Login(BaseModel):
