@@ -20,6 +20,8 @@ from sqlalchemy.engine.interfaces import DBAPIConnection, ExecutionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
+from aegis_shared.database.cursor_events import own_listener
+
 _SQLITE_PENDING_BEGIN = "aegis.sqlite_pending_begin"
 _WRITE_PREFIX = re.compile(r"^\s*(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER)\b", re.I)
 
@@ -168,7 +170,11 @@ class SQLiteProfile(DialectProfile):
         def _on_begin(conn: Connection) -> None:
             conn.info[_SQLITE_PENDING_BEGIN] = True
 
-        @event.listens_for(engine.sync_engine, "before_cursor_execute")
+        # retval=True so the engine holds this very function, which own_listener marks as
+        # irrelevant to fast reads (they run outside any transaction): an engine with only
+        # this listener counts as unwatched, and fast reads skip the cursor events.
+        @event.listens_for(engine.sync_engine, "before_cursor_execute", retval=True)
+        @own_listener
         def _begin_lazily(
             conn: Connection,
             cursor: Any,
@@ -176,9 +182,9 @@ class SQLiteProfile(DialectProfile):
             parameters: Any,
             context: ExecutionContext | None,
             executemany: bool,
-        ) -> None:
+        ) -> tuple[str, Any]:
             if not conn.info.pop(_SQLITE_PENDING_BEGIN, False):
-                return
+                return statement, parameters
             writes = bool(_WRITE_PREFIX.match(statement)) or bool(
                 context is not None
                 and any(
@@ -190,6 +196,7 @@ class SQLiteProfile(DialectProfile):
             own = begin.cursor()
             own.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
             own.close()
+            return statement, parameters
 
         @event.listens_for(engine.sync_engine, "commit")
         def _on_commit(conn: Connection) -> None:
