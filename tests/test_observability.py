@@ -1,7 +1,7 @@
-"""What the library sends past SQLAlchemy's execution (fast reads, session-store reads) is
-visible as SQLAlchemy's own statements are: to ``echo`` logging and to the engine's cursor
-events, so OpenTelemetry's SQLAlchemy instrumentation records a span for each, on SQLite,
-PostgreSQL and MariaDB.
+"""What the library sends past SQLAlchemy's execution (fast reads, session-store reads, the
+COPY of create_many) is visible as SQLAlchemy's own statements are: to ``echo`` logging and
+to the engine's cursor events, so OpenTelemetry's SQLAlchemy instrumentation records a span
+for each, on SQLite, PostgreSQL and MariaDB (COPY: PostgreSQL only).
 
 Spans come from the real ``opentelemetry-instrumentation-sqlalchemy`` into an in-memory
 exporter; log lines are captured with caplog; statements on the wire are counted at the
@@ -27,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.util.concurrency import greenlet_spawn
 
 from aegis_shared.database import BaseRepository, DatabaseManager, cursor_events, fast_path
+from aegis_shared.errors.exceptions import DuplicateEntityError
 from aegis_shared.models import NAMING_CONVENTION
 from aegis_shared.models.mixins import IntegerIdMixin
 from aegis_shared.sessions import ServerSessionMixin, SessionStore
@@ -192,6 +193,21 @@ async def test_a_session_store_read_is_one_span(
     assert counter.statements == [sent]
 
 
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_copy_is_one_span_with_its_statement(
+    make_db: MakeDb, exporter: InMemorySpanExporter
+) -> None:
+    db = await make_db(ObsBase.metadata)
+    instrument(exporter, db)
+    async with db.session() as session:
+        rows = [{"name": f"bulk {i}"} for i in range(50)]
+        assert await ItemRepository(session).create_many(rows, returning=False) == 50
+    copies = [s for s in statements(exporter) if s.startswith("COPY")]
+    assert copies == ["COPY obs_items (name) FROM STDIN (FORMAT binary)"]
+    async with db.session() as session:
+        assert await ItemRepository(session).count() == 50
+
+
 # -- errors reach handle_error -------------------------------------------------------------------
 
 
@@ -214,6 +230,20 @@ async def test_a_failed_fast_read_ends_its_span_as_an_error(
     assert len(spans) == 2, statements(exporter)
     assert statement_of(spans[0]) == plan_sql(db, "get", None)
     assert [span.status.status_code for span in spans] == [StatusCode.ERROR] * 2
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_a_failed_copy_ends_its_span_as_an_error(
+    make_db: MakeDb, exporter: InMemorySpanExporter
+) -> None:
+    db = await make_db(ObsBase.metadata)
+    instrument(exporter, db)
+    with pytest.raises(DuplicateEntityError):
+        async with db.session() as session:
+            rows = [{"name": "a", "code": "same"}, {"name": "b", "code": "same"}]
+            await ItemRepository(session).create_many(rows, returning=False)
+    (copy,) = [s for s in statement_spans(exporter) if statement_of(s).startswith("COPY")]
+    assert copy.status.status_code is StatusCode.ERROR
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
@@ -323,6 +353,19 @@ async def test_hide_parameters_hides_them_on_the_fast_path(
     assert lines == [plan_sql(db, "get", None), hidden, lines[2], hidden], lines
     assert "obs_sessions" in lines[2]
     assert not any(created.id in line for line in lines)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_echo_logs_copy(make_db: MakeDb, caplog: pytest.LogCaptureFixture) -> None:
+    db = await make_db(ObsBase.metadata, echo=True)
+    caplog.set_level(logging.INFO, logger=ENGINE_LOGGER)
+    caplog.clear()
+    async with db.session() as session:
+        rows = [{"name": f"bulk {i}"} for i in range(3)]
+        await ItemRepository(session).create_many(rows, returning=False)
+    lines = engine_lines(caplog)
+    at = lines.index("COPY obs_items (name) FROM STDIN (FORMAT binary)")
+    assert lines[at + 1] == "[copy of 3 rows] ()"
 
 
 # -- still one statement on the wire when someone listens ---------------------------------------
