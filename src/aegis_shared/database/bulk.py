@@ -9,7 +9,7 @@ ORM's flush builds, tracks and expires an object per row, which is most of the c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -22,7 +22,7 @@ from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.types import TypeEngine
 
-from aegis_shared.database import drivers
+from aegis_shared.database import cursor_events, drivers
 from aegis_shared.database.engine import driver_failure
 from aegis_shared.errors.exceptions import DatabaseConnectionError
 
@@ -215,9 +215,26 @@ async def _copy(
         # would commit on its own and survive a rollback.
         await connection.exec_driver_sql("SELECT 1")
     table = columns.table
+    names = [columns.by_key[key].name for key in keys]
+    quote = dialect.identifier_preparer
+    statement = drivers.copy_statement(quote.format_table(table), [quote.quote(n) for n in names])
+
+    def run(statement: str, parameters: Sequence[Any]) -> Awaitable[int]:
+        return drivers.copy_records(driver, table.name, table.schema, names, records)
+
+    sync = connection.sync_connection
+    assert sync is not None
     try:
-        return await drivers.copy_records(
-            driver, table.name, table.schema, [columns.by_key[key].name for key in keys], records
+        # Logged and seen by cursor listeners like any statement; the rows stream as COPY
+        # data, not bind parameters, so the parameters shown are none.
+        return await cursor_events.send(
+            sync.engine,
+            sync,
+            statement,
+            (),
+            run,
+            rowcount=int,
+            stats=f"copy of {len(rows)} rows",
         )
     except Exception as exc:
         translated = driver_failure(connection.engine, exc, raw.dbapi_connection)

@@ -24,6 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 from sqlalchemy.types import TypeEngine
 
+from aegis_shared.database.cursor_events import own_listener
+
 #: ``Connection.info`` key: the BEGIN the connection's next statement must send first.
 _SQLITE_PENDING_BEGIN = "aegis.sqlite_pending_begin"
 _BEGIN_FOR_READ = "BEGIN"
@@ -337,7 +339,11 @@ class SQLiteProfile(DialectProfile):
         def _on_begin(conn: Connection) -> None:
             conn.info[_SQLITE_PENDING_BEGIN] = _BEGIN_FOR_READ
 
-        @event.listens_for(engine.sync_engine, "before_cursor_execute")
+        # retval=True so the engine holds this very function, which own_listener marks as
+        # irrelevant to fast reads (they run outside any transaction): an engine with only
+        # this listener counts as unwatched, and fast reads skip the cursor events.
+        @event.listens_for(engine.sync_engine, "before_cursor_execute", retval=True)
+        @own_listener
         def _begin_lazily(
             conn: Connection,
             cursor: Any,
@@ -345,10 +351,10 @@ class SQLiteProfile(DialectProfile):
             parameters: Any,
             context: ExecutionContext | None,
             executemany: bool,
-        ) -> None:
+        ) -> tuple[str, Any]:
             begin_statement = conn.info.pop(_SQLITE_PENDING_BEGIN, None)
             if begin_statement is None:
-                return
+                return statement, parameters
             writes = bool(_WRITE_PREFIX.match(statement)) or bool(
                 context is not None
                 and any(
@@ -360,6 +366,7 @@ class SQLiteProfile(DialectProfile):
             own = begin.cursor()
             own.execute(_BEGIN_FOR_WRITE if writes else begin_statement)
             own.close()
+            return statement, parameters
 
         @event.listens_for(engine.sync_engine, "commit")
         def _on_commit(conn: Connection) -> None:

@@ -37,6 +37,13 @@ async def fetch_all(
     raise NotImplementedError(f"the fast path does not know the {dialect_name} driver")
 
 
+def copy_statement(table: str, columns: Sequence[str]) -> str:
+    """The ``COPY`` that :func:`copy_records` has asyncpg send, as text for logs and cursor
+    events: ``table`` (schema-qualified) and ``columns`` already quoted for PostgreSQL.
+    asyncpg builds and sends its own; a listener that rewrites this text changes nothing."""
+    return f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT binary)"
+
+
 async def copy_records(
     connection: Any,
     table: str,

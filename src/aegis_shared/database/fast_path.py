@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -31,7 +31,7 @@ from sqlalchemy.pool import PoolProxiedConnection, QueuePool
 from sqlalchemy.sql import ColumnElement, Select
 from sqlalchemy.util.concurrency import greenlet_spawn
 
-from aegis_shared.database import drivers
+from aegis_shared.database import cursor_events, drivers
 from aegis_shared.database.engine import driver_failure
 from aegis_shared.database.session import CLOSED_KEY, HOLDS_CONNECTION_KEY, AegisSyncSession
 from aegis_shared.database.write_intent import WRITE_KEY
@@ -318,20 +318,6 @@ def filter_shape(filters: Mapping[str, Any] | None) -> tuple[FilterShape, dict[s
 # -- running and attaching -------------------------------------------------------------------
 
 
-_observers: weakref.WeakKeyDictionary[Engine, list[Callable[[str], None]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def observe(engine: Engine, observer: Callable[[str], None]) -> Callable[[], None]:
-    """Call ``observer(sql)`` for every fast read on ``engine`` (these bypass SQLAlchemy's
-    ``before_cursor_execute``); returns the function that stops it. Used by
-    :func:`aegis_shared.testing.count_queries`."""
-    observers = _observers.setdefault(engine, [])
-    observers.append(observer)
-    return lambda: observers.remove(observer)
-
-
 async def _isolation_is_strict(engine: AsyncEngine) -> bool:
     """True when the engine's connections isolate more than READ COMMITTED (asked once)."""
     strict = _strict_isolation.get(engine.sync_engine)
@@ -403,13 +389,34 @@ async def _checkout(engine: AsyncEngine) -> PoolProxiedConnection:
     return await engine.raw_connection()
 
 
+def _fetch_all(
+    engine: AsyncEngine,
+    dialect_name: str,
+    connection: PoolProxiedConnection,
+    sql: str,
+    params: list[Any],
+) -> Awaitable[list[Any]]:
+    """The driver call of a fast read, seen by echo and the engine's cursor events.
+
+    When nobody listens that costs a check and a call. When someone does (echo, OpenTelemetry,
+    count_queries), it is still this one statement on this driver connection, announced
+    around the call as SQLAlchemy announces its own (see :mod:`cursor_events`).
+    """
+    driver = connection.driver_connection
+
+    def run(statement: str, parameters: Sequence[Any]) -> Awaitable[list[Any]]:
+        return drivers.fetch_all(dialect_name, driver, statement, parameters)
+
+    return cursor_events.send(
+        engine.sync_engine, connection, sql, params, run, rowcount=len, stats="fast path"
+    )
+
+
 async def _execute(engine: AsyncEngine, sql: str, params: list[Any]) -> list[Any] | Unavailable:
-    for observer in _observers.get(engine.sync_engine, ()):
-        observer(sql)
     dialect_name = engine.sync_engine.dialect.name
     connection = await _checkout(engine)
     try:
-        return await drivers.fetch_all(dialect_name, connection.driver_connection, sql, params)
+        return await _fetch_all(engine, dialect_name, connection, sql, params)
     except Exception as exc:
         translated = driver_failure(engine, exc, connection.dbapi_connection)
         if isinstance(translated, DatabaseConnectionError):

@@ -10,7 +10,6 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from aegis_shared.database import fast_path
 from aegis_shared.database.manager import DatabaseManager
 from aegis_shared.database.registry import get_database
 
@@ -57,10 +56,10 @@ def _engines(target: Target) -> list[Engine]:
 @contextmanager
 def count_queries(target: Target = None) -> Iterator[QueryCounter]:
     """Count statements sent through ``target`` (a manager, an engine, or the default
-    manager) while the block runs, fast-path reads included."""
+    manager) while the block runs, fast-path reads included (they reach the same cursor
+    events)."""
     counter = QueryCounter()
     engines = _engines(target)
-    stops = [fast_path.observe(engine, counter.statements.append) for engine in engines]
     for engine in engines:
         event.listen(engine, "before_cursor_execute", counter._record)
     try:
@@ -68,8 +67,6 @@ def count_queries(target: Target = None) -> Iterator[QueryCounter]:
     finally:
         for engine in engines:
             event.remove(engine, "before_cursor_execute", counter._record)
-        for stop in stops:
-            stop()
 
 
 @contextmanager
