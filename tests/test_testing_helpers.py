@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.orm import selectinload
 
-from aegis_shared.database import DatabaseManager
+from aegis_shared.database import DatabaseManager, TransactionManager
 from aegis_shared.testing import assert_max_queries, count_queries, isolated_session
 from tests.models import Comment, Post, PostRepository, UserRepository
 
@@ -20,6 +20,37 @@ async def test_isolated_session_rolls_back_committed_work(db: DatabaseManager) -
         assert await UserRepository(session).count() == 1
     async with db.session() as session:
         assert await UserRepository(session).count() == 0
+
+
+def _verbs(statements: list[str]) -> list[str]:
+    return [s.split()[0].upper() for s in statements]
+
+
+async def test_the_isolation_savepoints_are_not_counted(db: DatabaseManager) -> None:
+    async with isolated_session(db.engine) as session:
+        users = UserRepository(session)
+        with assert_max_queries(2, db) as counter:
+            await users.create({"email": "sp@example.com", "name": "S"})
+            await session.commit()  # releases the isolation's SAVEPOINT: not counted
+            assert await users.count() == 1  # opens the next one: not counted either
+        assert _verbs(counter.statements) == ["INSERT", "SELECT"]
+
+        with count_queries(db) as counter:
+            await users.create({"email": "gone@example.com", "name": "G"})
+            await session.rollback()  # ROLLBACK TO the isolation's SAVEPOINT
+        assert _verbs(counter.statements) == ["INSERT"]
+        assert await users.count() == 1
+
+
+async def test_the_code_under_tests_own_savepoints_are_counted(db: DatabaseManager) -> None:
+    async with isolated_session(db.engine) as session:
+        users = UserRepository(session)
+        tm = TransactionManager(session)
+        with count_queries(db) as counter:
+            async with tm.transaction(), tm.transaction():  # the inner one: a SAVEPOINT
+                await users.create({"email": "tm@example.com", "name": "T"})
+        # The isolation's SAVEPOINT opened first is left out; the code's own are not.
+        assert _verbs(counter.statements) == ["SAVEPOINT", "INSERT", "RELEASE"]
 
 
 async def test_assert_max_queries_catches_n_plus_one(db: DatabaseManager) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from aegis_shared.database import fast_path
 from aegis_shared.database.manager import DatabaseManager
 from aegis_shared.database.registry import get_database
+from aegis_shared.testing.isolation import issued_by_isolation
 
 Target = DatabaseManager | AsyncEngine | Engine | None
 
@@ -37,7 +38,8 @@ class QueryCounter:
         context: Any,
         executemany: bool,
     ) -> None:
-        self.statements.append(statement)
+        if not issued_by_isolation(conn, statement):  # only what the code under test sends
+            self.statements.append(statement)
 
     def __repr__(self) -> str:
         return f"<QueryCounter {self.count} statements>"
@@ -57,7 +59,8 @@ def _engines(target: Target) -> list[Engine]:
 @contextmanager
 def count_queries(target: Target = None) -> Iterator[QueryCounter]:
     """Count statements sent through ``target`` (a manager, an engine, or the default
-    manager) while the block runs, fast-path reads included."""
+    manager) while the block runs, fast-path reads included; not the savepoints an
+    :func:`~aegis_shared.testing.isolated_session` makes for itself."""
     counter = QueryCounter()
     engines = _engines(target)
     stops = [fast_path.observe(engine, counter.statements.append) for engine in engines]
