@@ -45,19 +45,24 @@ def mask_url(url: str | URL) -> str:
 
 def parse_url(url: str | URL, source: str = "DATABASE_URL") -> URL:
     """Parse ``url``; if it is not a URL, raise :class:`ConfigurationError` naming
-    ``source`` (where the value came from) and showing the URL masked."""
+    ``source`` (where the value came from) and showing the URL masked.
+
+    A server URL whose database name holds an ``@`` is refused too: that is a password
+    with an unencoded ``@`` or ``/``, which SQLAlchemy parses wrongly (the first ``@`` ends
+    the password, the rest lands in the host and database name, unmasked).
+    """
     if isinstance(url, URL):
         return url
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         parsed = None
-    # A password with an unencoded "@" or "/" parses, wrongly: the first "@" ends it and
-    # the rest lands in the host and database name (where hiding the password would not
-    # hide it). A server database name with "@" in it is that mistake, not a name.
-    if parsed is not None and not (
-        parsed.get_backend_name() != "sqlite" and "@" in (parsed.database or "")
-    ):
+    misparsed = (
+        parsed is not None
+        and parsed.get_backend_name() != "sqlite"  # a file path may hold an "@"
+        and "@" in (parsed.database or "")
+    )
+    if parsed is not None and not misparsed:
         return parsed
     # Raised outside any except block so that nothing chains SQLAlchemy's error, whose
     # message (in 2.0) repeats the URL with its password.

@@ -19,7 +19,8 @@ Target = DatabaseManager | AsyncEngine | Engine | None
 
 
 class QueryCounter:
-    """The statements sent while the counter was active (``count``, ``statements``)."""
+    """The statements sent while the counter was active (``count``, ``statements``); not
+    the savepoints an :func:`~aegis_shared.testing.isolated_session` makes for itself."""
 
     def __init__(self) -> None:
         self.statements: list[str] = []
@@ -59,8 +60,7 @@ def _engines(target: Target) -> list[Engine]:
 @contextmanager
 def count_queries(target: Target = None) -> Iterator[QueryCounter]:
     """Count statements sent through ``target`` (a manager, an engine, or the default
-    manager) while the block runs, fast-path reads included; not the savepoints an
-    :func:`~aegis_shared.testing.isolated_session` makes for itself."""
+    manager) while the block runs, fast-path reads included."""
     counter = QueryCounter()
     engines = _engines(target)
     stops = [fast_path.observe(engine, counter.statements.append) for engine in engines]
