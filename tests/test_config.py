@@ -7,7 +7,9 @@ neither the developer's environment nor a stray ``.env`` file can change the out
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import traceback
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from aegis_shared.errors.exceptions import (
     DatabaseManagerClosedError,
     PoolTimeoutError,
 )
+from aegis_shared.errors.redaction import mask_url
 
 
 @pytest.fixture(autouse=True)
@@ -327,6 +330,103 @@ def test_unsupported_driver(url: str) -> None:
 def test_unparseable_url(url: str) -> None:
     with pytest.raises(ConfigurationError, match="DATABASE_URL"):
         DatabaseManager(url)
+
+
+# -- passwords never shown ------------------------------------------------------------------
+
+SECRET = "s3cr3t-pw"
+
+
+def everything_printed(error: BaseException) -> str:
+    """What a traceback of ``error`` shows: its message, repr and every chained error."""
+    return "".join(traceback.format_exception(error)) + repr(error)
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://app:s3cr3t-pw@db:port/app", "postgresql://app:***@db:port/app"),
+        ("postgresql://app:s3cr3t-pw@db:5432:1/app", "postgresql://app:***@db:5432:1/app"),
+        ("not a url app:s3cr3t-pw@db", "not a url app:***@db"),
+        ("app:s3cr3t-pw@db/app", "app:***@db/app"),
+    ],
+)
+@pytest.mark.parametrize("given_as", ["environment", "keyword"])
+def test_an_unparseable_url_is_shown_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, url: str, masked: str, given_as: str
+) -> None:
+    keywords = {}
+    if given_as == "environment":
+        monkeypatch.setenv("DATABASE_URL", url)
+    else:
+        keywords["database_url"] = url
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(**keywords)
+    message = str(caught.value)
+    assert f"DATABASE_URL {masked!r} is not a database URL" in message
+    assert "percent-encode" in message  # the usual cause, and what to do
+    assert SECRET not in everything_printed(caught.value)
+    assert isinstance(caught.value.__cause__, ValidationError)
+
+    with pytest.raises(ConfigurationError) as caught:
+        DatabaseManager(url)
+    assert masked in str(caught.value)
+    assert SECRET not in everything_printed(caught.value)
+
+
+def test_a_url_that_parses_but_is_unusable_is_shown_without_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"oracle://app:{SECRET}@db.internal/app")
+    settings = Settings()
+    with pytest.raises(ConfigurationError, match="does not support") as caught:
+        DatabaseManager.from_settings(settings)
+    assert SECRET not in everything_printed(caught.value)
+
+
+def test_a_password_with_an_unencoded_at_sign_is_refused_masked() -> None:
+    # SQLAlchemy would parse it wrongly (password "p", host "ss", database
+    # "s3cr3t-pw@db.internal/app"): connecting would fail on host "ss", and hiding the
+    # password field would still show the rest of the password.
+    url = f"postgresql://app:p@ss/{SECRET}@db.internal/app"
+    for attempt in (lambda: Settings(database_url=url), lambda: DatabaseManager(url)):
+        with pytest.raises(ConfigurationError, match="percent-encode") as caught:
+            attempt()
+        assert "'postgresql://app:***@db.internal/app' is not a database URL" in str(
+            caught.value
+        )
+        assert SECRET not in everything_printed(caught.value)
+
+
+def test_an_at_sign_in_a_sqlite_path_is_a_path(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/team@home.db"
+    assert Settings(database_url=url).database_url == url
+
+
+async def test_a_failed_connect_logs_no_password(
+    managers: Callable[..., DatabaseManager], caplog: pytest.LogCaptureFixture
+) -> None:
+    db = managers(f"postgresql+asyncpg://postgres:{SECRET}@127.0.0.1:1/x", pool_timeout=5)
+    with caplog.at_level(logging.DEBUG):
+        assert await db.health_check() is False
+    assert "health check failed" in caplog.text
+    assert SECRET not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://user:pw@host/db", "postgresql://user:***@host/db"),
+        ("postgresql://user@host/db", "postgresql://user@host/db"),
+        ("postgresql://host/db", "postgresql://host/db"),
+        ("mysql://u:a:b@c@host/db", "mysql://u:***@host/db"),
+        ("mysql://u@host/db?password=pw&charset=utf8", "mysql://u@host/db?password=***&charset=utf8"),
+        ("sqlite+aiosqlite:///./aegis.db", "sqlite+aiosqlite:///./aegis.db"),
+        ("not-a-url", "not-a-url"),
+    ],
+)
+def test_mask_url(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
 
 
 # -- closing ---------------------------------------------------------------------------------

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import textwrap
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import inspect, text
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from aegis_shared.errors.exceptions import ConfigurationError
 
 ENV_PY = textwrap.dedent(
     """
@@ -119,3 +124,118 @@ def test_autogenerate_upgrade_downgrade(db_url: URL, tmp_path: Path) -> None:
         assert not {"mig_widgets", "mig_sessions", "mig_notes"} & _tables(db_url)
     finally:
         _drop_version_table(db_url)
+
+
+# -- where the URL comes from, and errors that say so -------------------------------------
+
+SECRET = "s3cr3t-pw"
+
+
+@pytest.fixture
+def alembic_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Config]:
+    """A fresh Alembic project in an empty working directory with no DATABASE_* set:
+    ``make(sqlalchemy_url=None, run_migrations_args="")`` writes alembic.ini and env.py."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.upper().startswith("DATABASE_"):
+            monkeypatch.delenv(name)
+
+    def make(sqlalchemy_url: str | None = None, run_migrations_args: str = "") -> Config:
+        script = tmp_path / "migrations"
+        (script / "versions").mkdir(parents=True, exist_ok=True)
+        (script / "env.py").write_text(
+            "import os\n"
+            "from sqlalchemy import MetaData\n"
+            "from aegis_shared.migrations import run_migrations\n"
+            f"run_migrations(MetaData(){run_migrations_args})\n"
+        )
+        ini = f"[alembic]\nscript_location = {script}\n"
+        if sqlalchemy_url is not None:
+            ini += f"sqlalchemy.url = {sqlalchemy_url}\n"
+        (tmp_path / "alembic.ini").write_text(ini)
+        return Config(str(tmp_path / "alembic.ini"))
+
+    return make
+
+
+def _upgrade_error(config: Config) -> str:
+    with pytest.raises(ConfigurationError) as caught:
+        command.upgrade(config, "head")
+    message = str(caught.value)
+    assert SECRET not in "".join(traceback.format_exception(caught.value))
+    return message
+
+
+def test_alembic_init_placeholder_is_blamed_on_alembic_ini(
+    alembic_project: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A valid DATABASE_URL is set, but alembic.ini still has what `alembic init` wrote.
+    monkeypatch.setenv("DATABASE_URL", "sqlite+aiosqlite:///./app.db")
+    message = _upgrade_error(alembic_project("driver://user:pass@localhost/dbname"))
+    assert message.startswith(
+        "sqlalchemy.url in alembic.ini is still Alembic's placeholder "
+        "'driver://user:pass@localhost/dbname'"
+    )
+    assert "delete that line to use DATABASE_URL" in message
+    assert "environment variable" not in message
+
+
+def test_a_bad_url_in_alembic_ini_names_alembic_ini(alembic_project: Callable[..., Config]) -> None:
+    message = _upgrade_error(alembic_project(f"postgresql://app:{SECRET}@db:port/app"))
+    assert message.startswith(
+        "sqlalchemy.url in alembic.ini 'postgresql://app:***@db:port/app' is not a database URL"
+    )
+    assert message.endswith(
+        "set sqlalchemy.url in alembic.ini to your database URL, or delete that line to use "
+        "DATABASE_URL"
+    )
+
+
+def test_an_unsupported_driver_in_alembic_ini_names_alembic_ini(
+    alembic_project: Callable[..., Config],
+) -> None:
+    message = _upgrade_error(alembic_project(f"oracle://app:{SECRET}@db/app"))
+    assert message.startswith("sqlalchemy.url in alembic.ini uses driver 'oracle'")
+
+
+@pytest.mark.parametrize(
+    ("url", "start"),
+    [
+        (
+            f"oracle://app:{SECRET}@db/app",
+            "the DATABASE_URL environment variable uses driver 'oracle'",
+        ),
+        (
+            f"postgresql://app:{SECRET}@db:port/app",
+            "Invalid database settings: DATABASE_URL 'postgresql://app:***@db:port/app' is not",
+        ),
+    ],
+)
+def test_a_bad_database_url_is_blamed_on_the_environment_variable(
+    alembic_project: Callable[..., Config], monkeypatch: pytest.MonkeyPatch, url: str, start: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    message = _upgrade_error(alembic_project())
+    assert message.startswith(start)
+    assert "alembic.ini" not in message
+
+
+def test_a_bad_url_argument_is_blamed_on_the_argument(
+    alembic_project: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "sqlite+aiosqlite:///./app.db")
+    # Through a variable, so that the traceback's source line of env.py shows no password.
+    monkeypatch.setenv("APP_MIGRATION_URL", f"mssql://sa:{SECRET}@db/x")
+    config = alembic_project(
+        "sqlite+aiosqlite:///./app.db", run_migrations_args=', url=os.environ["APP_MIGRATION_URL"]'
+    )
+    message = _upgrade_error(config)
+    assert message.startswith("the url argument of run_migrations() uses driver 'mssql'")
+    assert message.endswith("; pass a database URL")
+
+
+def test_without_alembic_ini_url_or_database_url_the_default_is_migrated(
+    alembic_project: Callable[..., Config], tmp_path: Path
+) -> None:
+    command.upgrade(alembic_project(), "head")
+    assert "alembic_version" in _tables(make_url(f"sqlite+aiosqlite:///{tmp_path}/aegis.db"))

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aegis_shared.errors.exceptions import ConfigurationError
+from aegis_shared.errors.redaction import mask_url, parse_url
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./aegis.db"
 
@@ -26,8 +27,14 @@ class Settings(BaseSettings):
     (``database_pool_size`` from ``DATABASE_POOL_SIZE``), or passed as a keyword.
     """
 
+    # hide_input_in_errors: the ValidationError chained to ConfigurationError would
+    # otherwise print DATABASE_URL, password included, in every traceback.
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+        hide_input_in_errors=True,
     )
 
     database_url: str = Field(
@@ -96,15 +103,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _url_parses(cls, value: str) -> str:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        try:
-            make_url(value)
-        except ArgumentError as exc:
-            raise ValueError(
-                f"{exc}; expected a URL such as postgresql+asyncpg://user:pass@host/db"
-            ) from exc
+        parse_url(value, "DATABASE_URL")  # its error shows the URL masked
         return value
 
     def __init__(self, **values: Any) -> None:
@@ -117,9 +116,16 @@ class Settings(BaseSettings):
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, ConfigurationError):
+            problems.append(str(cause))  # already names the variable, the URL masked
+            continue
         field = ".".join(str(part) for part in error["loc"]) or "settings"
         given = error.get("input")
-        problems.append(f"{field.upper()}={given!r} is invalid: {error['msg']}")
+        # Any text may be a URL with a password in it (a new *_URL field, a URL pasted
+        # into the wrong variable): mask every string shown.
+        shown = mask_url(given) if isinstance(given, str) else given
+        problems.append(f"{field.upper()}={shown!r} is invalid: {error['msg']}")
     return (
         "Invalid database settings: "
         + "; ".join(problems)

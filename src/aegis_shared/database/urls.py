@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL
 
 from aegis_shared.errors.exceptions import ConfigurationError
+from aegis_shared.errors.redaction import mask_url, parse_url
 
 # Plain URLs name a sync driver; a web service wants the async one, so we pick it rather
 # than fail deep inside SQLAlchemy with "the loaded 'psycopg2' is not async".
@@ -25,19 +25,16 @@ _ASYNC_DRIVERS = {
 _SUPPORTED = ("postgresql+asyncpg", "sqlite+aiosqlite", "mysql+asyncmy", "mysql+aiomysql")
 
 
-def normalize_url(url: str | URL) -> URL:
-    """Parse ``url`` and give it an async driver; raise ``ConfigurationError`` if unusable."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigurationError(
-            f"DATABASE_URL {url!r} is not a database URL ({exc}); expected for example "
-            "postgresql+asyncpg://user:password@localhost/dbname"
-        ) from exc
+def normalize_url(url: str | URL, source: str = "DATABASE_URL") -> URL:
+    """Parse ``url`` and give it an async driver; raise ``ConfigurationError`` if unusable.
+
+    ``source`` names where the value came from, for the error message.
+    """
+    parsed = parse_url(url, source)
     name = _ASYNC_DRIVERS.get(parsed.drivername, parsed.drivername)
     if name not in _SUPPORTED:
         raise ConfigurationError(
-            f"DATABASE_URL uses driver {parsed.drivername!r}, which aegis-shared does not "
+            f"{source} uses driver {parsed.drivername!r}, which aegis-shared does not "
             f"support; use one of {', '.join(_SUPPORTED)}"
         )
     return parsed.set(drivername=name)
@@ -53,4 +50,4 @@ def is_sqlite_memory(url: URL) -> bool:
 
 def safe_url(url: URL) -> str:
     """The URL with its password hidden, for messages and logs."""
-    return url.render_as_string(hide_password=True)
+    return mask_url(url)

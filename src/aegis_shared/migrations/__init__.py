@@ -7,41 +7,71 @@ A project's ``alembic/env.py`` becomes::
 
     run_migrations(Base.metadata)
 
-The URL comes from ``DATABASE_URL`` (through :class:`~aegis_shared.config.Settings`) unless
-``sqlalchemy.url`` is set in ``alembic.ini`` or passed in. ``alembic revision
---autogenerate`` and ``alembic upgrade head`` then run through the same async driver as the
-application, SQLite included (batch mode, so ALTERs work there). Indexes and constraints
-declared with ``ddl_if(dialect=...)`` are left out where ``create_all`` leaves them out, and
-column types from other packages (``aegis_shared.models.types.UTCDateTime``) are imported
-by the migrations that use them.
+The URL is the one passed in, else ``sqlalchemy.url`` of ``alembic.ini`` when set, else
+``DATABASE_URL`` (through :class:`~aegis_shared.config.Settings`). A URL that cannot be used
+fails with :class:`~aegis_shared.errors.exceptions.ConfigurationError` naming where it came
+from (Alembic's stock placeholder ``driver://user:pass@localhost/dbname`` included), its
+password masked.
+
+``alembic revision --autogenerate`` and ``alembic upgrade head`` run through the same async
+driver as the application, SQLite included (batch mode, so ALTERs work there). Indexes and
+constraints declared with ``ddl_if(dialect=...)`` are left out where ``create_all`` leaves
+them out, and column types from other packages (``aegis_shared.models.types.UTCDateTime``)
+are imported by the migrations that use them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 from typing import Any
 
 from alembic import context
 from sqlalchemy import MetaData, pool
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from aegis_shared.database.urls import normalize_url
+from aegis_shared.errors.exceptions import ConfigurationError
+
+# What `alembic init` writes into alembic.ini, in every template.
+ALEMBIC_PLACEHOLDER = "driver://user:pass@localhost/dbname"
 
 
-def _backend(url: str) -> str:
-    return normalize_url(url).get_backend_name()
-
-
-def _url(url: str | None) -> str:
+def _url(url: str | None) -> tuple[str, str, str]:
+    """The URL to migrate, where it came from, and what to do if it is wrong."""
     if url:
-        return url
+        return url, "the url argument of run_migrations()", "pass a database URL"
     configured = context.config.get_main_option("sqlalchemy.url")
     if configured:
-        return configured
+        ini = context.config.config_file_name
+        where = f"sqlalchemy.url in {Path(ini).name if ini else 'the Alembic config'}"
+        return (
+            configured,
+            where,
+            f"set {where} to your database URL, or delete that line to use DATABASE_URL",
+        )
     from aegis_shared.config import Settings
 
-    return Settings().database_url
+    if any(name.upper() == "DATABASE_URL" for name in os.environ):  # as Settings reads it
+        where = "the DATABASE_URL environment variable"
+    else:
+        where = "DATABASE_URL (from .env, or the default)"
+    return Settings().database_url, where, "set DATABASE_URL to your database URL"
+
+
+def _database_url(url: str | None) -> URL:
+    """The URL to migrate with its async driver; ConfigurationError naming its source."""
+    value, where, fix = _url(url)
+    if value.strip() == ALEMBIC_PLACEHOLDER:
+        raise ConfigurationError(
+            f"{where} is still Alembic's placeholder {ALEMBIC_PLACEHOLDER!r}; {fix}"
+        )
+    try:
+        return normalize_url(value, where)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{exc}; {fix}") from None
 
 
 def _made_on(item: Any, dialect_name: str) -> bool:
@@ -86,12 +116,12 @@ def _render_item(user_render: Any) -> Any:
     return render_item
 
 
-def _configure(connection: Connection | None, metadata: MetaData, url: str, **extra: Any) -> None:
-    dialect_name = connection.dialect.name if connection is not None else _backend(url)
+def _configure(connection: Connection | None, metadata: MetaData, url: URL, **extra: Any) -> None:
+    dialect_name = connection.dialect.name if connection is not None else url.get_backend_name()
     options: dict[str, Any] = {
         "target_metadata": metadata,
         "compare_type": True,
-        "render_as_batch": url.startswith("sqlite"),
+        "render_as_batch": url.get_backend_name() == "sqlite",
     }
     options.update(extra)
     options["include_object"] = _include_object(dialect_name, extra.get("include_object"))
@@ -102,14 +132,14 @@ def _configure(connection: Connection | None, metadata: MetaData, url: str, **ex
         context.configure(connection=connection, **options)
 
 
-def _run_sync(connection: Connection, metadata: MetaData, url: str, extra: dict[str, Any]) -> None:
+def _run_sync(connection: Connection, metadata: MetaData, url: URL, extra: dict[str, Any]) -> None:
     _configure(connection, metadata, url, **extra)
     with context.begin_transaction():
         context.run_migrations()
 
 
-async def _run_online(metadata: MetaData, url: str, extra: dict[str, Any]) -> None:
-    engine = create_async_engine(normalize_url(url), poolclass=pool.NullPool)
+async def _run_online(metadata: MetaData, url: URL, extra: dict[str, Any]) -> None:
+    engine = create_async_engine(url, poolclass=pool.NullPool)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run_sync, metadata, url, extra)
@@ -119,7 +149,7 @@ async def _run_online(metadata: MetaData, url: str, extra: dict[str, Any]) -> No
 
 def run_migrations(metadata: MetaData, url: str | None = None, **configure_options: Any) -> None:
     """Run Alembic's current command for ``metadata``, offline (``--sql``) or online."""
-    database_url = _url(url)
+    database_url = _database_url(url)
     if context.is_offline_mode():
         _configure(None, metadata, database_url, **configure_options)
         with context.begin_transaction():

@@ -12,12 +12,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aegis_shared.database.manager import DatabaseManager
 from aegis_shared.database.registry import get_database
+from aegis_shared.testing.isolation import issued_by_isolation
 
 Target = DatabaseManager | AsyncEngine | Engine | None
 
 
 class QueryCounter:
-    """The statements sent while the counter was active (``count``, ``statements``)."""
+    """The statements sent while the counter was active (``count``, ``statements``); not
+    the savepoints an :func:`~aegis_shared.testing.isolated_session` makes for itself."""
 
     def __init__(self) -> None:
         self.statements: list[str] = []
@@ -36,7 +38,8 @@ class QueryCounter:
         context: Any,
         executemany: bool,
     ) -> None:
-        self.statements.append(statement)
+        if not issued_by_isolation(conn, statement):  # only what the code under test sends
+            self.statements.append(statement)
 
     def __repr__(self) -> str:
         return f"<QueryCounter {self.count} statements>"

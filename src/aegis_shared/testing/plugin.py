@@ -11,13 +11,19 @@ Fixtures:
   at teardown).
 * ``assert_max_queries``: ``with assert_max_queries(3): ...`` fails when more statements
   are sent.
+
+The async fixtures run on pytest-asyncio, which needs no settings for them: an ``async def``
+test that asks for ``aegis_db`` or ``aegis_session`` is marked ``asyncio`` here, as if it
+had ``@pytest.mark.asyncio``, also in pytest-asyncio's default strict mode.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager
+from typing import Any
 
 import pytest
 from sqlalchemy import MetaData
@@ -30,6 +36,35 @@ from aegis_shared.testing.counting import assert_max_queries as _assert
 from aegis_shared.testing.isolation import isolated_session
 
 DEFAULT_URL = "sqlite+aiosqlite:///:memory:"
+
+_ASYNC_FIXTURES = frozenset({"aegis_db", "aegis_session"})
+# Markers of the async test runners; a test that has one already is left as it is.
+_RUNNER_MARKERS = ("asyncio", "anyio", "trio")
+
+
+def _async_fixture(function: Callable[..., Any]) -> Any:
+    """``pytest_asyncio.fixture`` when pytest-asyncio is installed; otherwise a fixture
+    that fails saying so, instead of pytest's "no plugin or hook handled it".
+
+    pytest-asyncio is imported here, not at the top, because this plugin loads in every
+    pytest run of an environment that has aegis-shared, with or without pytest-asyncio.
+    """
+    try:
+        import pytest_asyncio
+    except ImportError:
+        name = function.__name__
+
+        def missing() -> None:
+            pytest.fail(
+                f"The {name} fixture of aegis-shared is async and runs on pytest-asyncio, "
+                "which is not installed: pip install pytest-asyncio "
+                "(or pip install 'aegis-shared[testing]').",
+                pytrace=False,
+            )
+
+        missing.__doc__ = function.__doc__
+        return pytest.fixture(name=name)(missing)
+    return pytest_asyncio.fixture(function)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -50,7 +85,27 @@ def aegis_metadata() -> MetaData:
     return Base.metadata
 
 
-@pytest.fixture
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+    """Mark an ``async def`` test that takes ``aegis_db`` or ``aegis_session`` with
+    ``asyncio``, before pytest-asyncio looks for the mark (returns None: pytest still
+    collects the test itself)."""
+    if not (
+        inspect.iscoroutinefunction(obj)
+        and isinstance(collector, pytest.Module | pytest.Class)
+        and collector.istestfunction(obj, name)
+        and collector.config.pluginmanager.has_plugin("asyncio")
+    ):
+        return
+    if _ASYNC_FIXTURES.isdisjoint(inspect.signature(obj).parameters):
+        return
+    own = [mark.name for mark in getattr(obj, "pytestmark", [])]
+    if any(m in own or collector.get_closest_marker(m) for m in _RUNNER_MARKERS):
+        return
+    pytest.mark.asyncio(obj)
+
+
+@_async_fixture
 async def aegis_db(
     request: pytest.FixtureRequest, aegis_metadata: MetaData
 ) -> AsyncIterator[DatabaseManager]:
@@ -74,7 +129,7 @@ async def aegis_db(
         await manager.close()
 
 
-@pytest.fixture
+@_async_fixture
 async def aegis_session(aegis_db: DatabaseManager) -> AsyncIterator[AegisSession]:
     """A session whose changes are all rolled back after the test."""
     async with isolated_session(aegis_db.engine) as session:
