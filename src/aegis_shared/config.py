@@ -39,6 +39,7 @@ class Settings(BaseSettings):
 
     database_url: str = Field(
         DEFAULT_DATABASE_URL,
+        repr=False,  # it may hold a password; repr(settings) ends up in logs
         description="SQLAlchemy URL; postgresql://, mysql:// and sqlite:// get an async driver.",
     )
     database_pool_size: int = Field(20, ge=1, description="Connections kept open in the main pool.")
