@@ -493,3 +493,9 @@ async def test_health_check_with_a_wrong_database_or_user(
 
 async def test_health_check_of_a_reachable_database(db: DatabaseManager) -> None:
     assert await db.health_check() is True
+
+
+def test_repr_of_settings_never_shows_the_database_password() -> None:
+    settings = Settings(database_url="postgresql+asyncpg://app:s3cr3t-pw@db.internal/app")
+    assert "s3cr3t-pw" not in repr(settings)
+    assert "s3cr3t-pw" not in str(settings)
