@@ -13,12 +13,13 @@ Three rules are enforced here, for every statement whatever API sent it (the ORM
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
+from sqlalchemy.engine import URL, Engine, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import (
     AsyncAdaptedQueuePool,
@@ -42,8 +43,8 @@ from aegis_shared.errors.exceptions import (
 )
 from aegis_shared.errors.mapping import is_client_timeout, translate_dbapi_error
 
-#: Connections whose COMMIT has been sent and not yet answered (see _commit_watch).
-_committing: weakref.WeakSet[Connection] = weakref.WeakSet()
+#: Set on an error raised by a COMMIT that was sent (see _mark_commits).
+_COMMIT_IN_FLIGHT = "_aegis_commit_in_flight"
 #: What each engine was built with, for errors raised outside SQLAlchemy's execution.
 _built: weakref.WeakKeyDictionary[Engine, tuple[EngineOptions, DialectProfile]] = (
     weakref.WeakKeyDictionary()
@@ -138,7 +139,7 @@ def _translator(options: EngineOptions) -> Any:
             # it out again. Only it: the other pooled connections are checked at check-out.
             context.is_disconnect = True
             context.invalidate_pool_on_disconnect = False
-            if context.connection is not None and context.connection in _committing:
+            if _commit_was_in_flight(original):
                 translated = commit_outcome_unknown(translated)
         translated.__cause__ = context.sqlalchemy_exception or original
         return translated
@@ -163,22 +164,40 @@ def driver_failure(
     return translate_dbapi_error(error, is_disconnect=broken)
 
 
-def _commit_watch(profile: DialectProfile) -> Any:
-    def commit_started(connection: Connection) -> None:
+def _mark_commits(dialect: Any, profile: DialectProfile) -> None:
+    """Wrap ``dialect.do_commit`` so that an error raised by a COMMIT that was sent is
+    marked as such for the ``handle_error`` hook (see :func:`_translator`).
+
+    Why here and not with the engine's ``commit`` event: every COMMIT passes through the
+    dialect, whatever API sent it, and this adds nothing to other statements, while any
+    connection-level listener makes SQLAlchemy dispatch events on every connection and
+    statement of the engine.
+    """
+    commit = dialect.do_commit
+
+    def do_commit(dbapi_connection: Any) -> None:
         # A link the driver already knows is closed cannot carry the COMMIT: it fails
         # before anything is sent, so the transaction is known not to be saved (the server
         # rolls back a transaction whose connection is gone) and may safely be retried.
-        if connection.invalidated:
-            return  # SQLAlchemy refuses this COMMIT before sending anything
-        if not profile.is_closed(connection.connection.dbapi_connection):
-            _committing.add(connection)
+        sent = not profile.is_closed(dbapi_connection)
+        try:
+            commit(dbapi_connection)
+        except BaseException as exc:
+            if sent:
+                with contextlib.suppress(AttributeError, TypeError):
+                    setattr(exc, _COMMIT_IN_FLIGHT, True)
+            raise
 
-    return commit_started
+    dialect.do_commit = do_commit
 
 
-def _commit_over(connection: Connection, *args: Any) -> None:
-    # The next BEGIN or ROLLBACK on the connection means the COMMIT was answered.
-    _committing.discard(connection)
+def _commit_was_in_flight(error: BaseException) -> bool:
+    """True (once) when ``error`` came from a COMMIT that reached the wire."""
+    if not getattr(error, _COMMIT_IN_FLIGHT, False):
+        return False
+    with contextlib.suppress(AttributeError):
+        delattr(error, _COMMIT_IN_FLIGHT)
+    return True
 
 
 def _liveness_check(profile: DialectProfile) -> Any:
@@ -231,9 +250,7 @@ def build_engine(
     engine = create_async_engine(url, **kwargs)
     sync_engine = engine.sync_engine
     event.listen(sync_engine, "handle_error", _translator(options), retval=True)
-    event.listen(sync_engine, "commit", _commit_watch(profile))
-    event.listen(sync_engine, "begin", _commit_over)
-    event.listen(sync_engine, "rollback", _commit_over)
+    _mark_commits(sync_engine.dialect, profile)
     event.listen(sync_engine, "checkout", _liveness_check(profile))
     profile.install(engine, url, options)
     _built[sync_engine] = (options, profile)
