@@ -45,10 +45,14 @@ class ColumnRanges:
     def impossible_id(self, id: Any) -> bool:
         """True when no row can have primary key ``id`` (a value, or a tuple of them for
         a composite key), because a part of it is outside its column's range."""
-        values = id if isinstance(id, tuple) else (id,)
-        if len(values) != len(self.primary_key):
+        key = self.primary_key
+        if not isinstance(id, tuple):
+            # The common case, a single-column key, without building a tuple: this runs
+            # before every read by id.
+            return len(key) == 1 and _outside(id, key[0])
+        if len(id) != len(key):
             return False  # the ORM explains a malformed id better than "not found"
-        return any(_outside(v, b) for v, b in zip(values, self.primary_key, strict=True))
+        return any(_outside(v, b) for v, b in zip(id, key, strict=True))
 
     def possible_filters(self, filters: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """``filters`` without the IN members no row can hold, or ``None`` when no row can
