@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
@@ -20,6 +19,7 @@ from aegis_shared.testing import count_queries
 from examples.fridge.app import CATALOGUE, create_app
 from examples.fridge.models import FridgeBase, UserFridgeIngredient, UserFridgeSession
 from tests.conftest import MakeDb
+from tests.http import serve
 
 MILK, EGGS, BUTTER, CARROT = 1, 2, 3, 4
 
@@ -190,18 +190,8 @@ async def test_showing_the_fridge_is_three_selects(fridge: Fridge) -> None:
 @pytest.fixture
 async def served(fridge: Fridge) -> AsyncIterator[str]:
     """The fridge app under uvicorn on a real loopback socket; its base URL."""
-    config = uvicorn.Config(
-        fridge.app, host="127.0.0.1", port=0, lifespan="off", log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(10):
-        while not server.started:  # noqa: ASYNC110  (uvicorn sets a flag, no event)
-            await asyncio.sleep(0.01)
-    (port,) = {socket.getsockname()[1] for s in server.servers for socket in s.sockets}
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
+    async with serve(fridge.app) as url:
+        yield url
 
 
 async def test_the_session_cookie_over_a_real_socket(fridge: Fridge, served: str) -> None:
