@@ -32,6 +32,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DOCS_DIR = ROOT / "docs"
 
 SEED_ROWS = 10_000
+#: The fridge example's admin token in the benchmark (its admin endpoints need one).
+FRIDGE_ADMIN_TOKEN = "bench-admin-token"
 CATEGORIES = [f"c{i}" for i in range(20)]
 ITEM_COLUMNS = ("name", "category", "price", "in_stock", "created_at")
 BASE_TIME = datetime(2025, 1, 1, tzinfo=UTC)

@@ -68,6 +68,7 @@ from starsessions.stores.redis import RedisStore
 from aegis_shared.database import DatabaseManager
 from aegis_shared.sessions import ServerSessionMixin, SessionStore, session_key
 from bench.common import (
+    FRIDGE_ADMIN_TOKEN,
     PG_URL,
     ROOT,
     Goal,
@@ -676,11 +677,16 @@ class _Cleanup(threading.Thread):
     def run(self) -> None:
         t0 = time.perf_counter()
         try:
-            response = httpx.post(f"{self.url}/admin/cleanup-sessions", timeout=None)
-            if response.status_code != 200:
-                self.error = f"{response.status_code} {response.text}"
+            auth = {"Authorization": f"Bearer {FRIDGE_ADMIN_TOKEN}"}
+            response = httpx.post(f"{self.url}/admin/cleanup-sessions", headers=auth)
+            job = response.json().get("job") if response.status_code == 202 else None
+            while job is not None and job["status"] == "running":
+                time.sleep(0.05)  # the sweep runs in the app's background; poll its job
+                job = httpx.get(f"{self.url}{job['status_url']}", headers=auth).json()
+            if job is None or job["status"] != "done":
+                self.error = f"{response.status_code} {response.text} {job}"
             else:
-                self.deleted = int(response.json()["deleted"])
+                self.deleted = int(job["deleted"])
         except httpx.HTTPError as exc:
             self.error = repr(exc)
         self.seconds = time.perf_counter() - t0

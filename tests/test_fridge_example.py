@@ -22,6 +22,8 @@ from tests.conftest import MakeDb
 from tests.http import serve
 
 MILK, EGGS, BUTTER, CARROT = 1, 2, 3, 4
+ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 class Clock:
@@ -51,7 +53,7 @@ async def fridge(make_db: MakeDb) -> AsyncIterator[Fridge]:
     db = await make_db(FridgeBase.metadata)
     clock = Clock()
     store = SessionStore(db, UserFridgeSession, idle_timeout=timedelta(hours=24), clock=clock)
-    app = create_app(db, store=store, sweep_every=timedelta(hours=1))
+    app = create_app(db, store=store, sweep_every=timedelta(hours=1), admin_token=ADMIN_TOKEN)
     async with app.router.lifespan_context(app):
         yield Fridge(app, db, clock)
 
@@ -159,6 +161,19 @@ async def test_login_keeps_the_fridge_under_a_new_id_and_logout_empties_it(
     assert await fridge.rows() == 0  # ON DELETE CASCADE
 
 
+async def _cleanup_finished(client: httpx.AsyncClient) -> dict[str, Any]:
+    """Start a cleanup job and poll its status page until it ends; its last status."""
+    started = await client.post("/admin/cleanup-sessions", headers=ADMIN)
+    assert started.status_code == 202
+    job = started.json()["job"]
+    assert started.headers["location"] == job["status_url"]
+    async with asyncio.timeout(10):
+        while job["status"] == "running":
+            await asyncio.sleep(0.01)
+            job = (await client.get(job["status_url"], headers=ADMIN)).json()
+    return dict(job)
+
+
 async def test_admin_stats_and_cleanup(fridge: Fridge) -> None:
     async with fridge.client() as old, fridge.client() as recent:
         await old.post("/fridge/ingredients", json={"ingredient_ids": [MILK, EGGS]})
@@ -166,15 +181,90 @@ async def test_admin_stats_and_cleanup(fridge: Fridge) -> None:
         await recent.post("/fridge/ingredients", json={"ingredient_ids": [BUTTER]})
         fridge.clock.now += timedelta(hours=5)  # the first session is 25 hours idle
         async with fridge.client() as admin:
-            stats = (await admin.get("/admin/session-stats")).json()
+            stats = (await admin.get("/admin/session-stats", headers=ADMIN)).json()
             assert (stats["active_sessions"], stats["expired_waiting"]) == (1, 1)
             assert stats["total_ingredients"] == 3
-            assert (await admin.post("/admin/cleanup-sessions")).json() == {"deleted": 1}
-            stats = (await admin.get("/admin/session-stats")).json()
+            job = await _cleanup_finished(admin)
+            assert (job["status"], job["deleted"]) == ("done", 1)
+            assert job["batches"] >= 1 and job["finished_at"] is not None
+            stats = (await admin.get("/admin/session-stats", headers=ADMIN)).json()
         assert (stats["active_sessions"], stats["expired_waiting"]) == (1, 0)
         assert stats["total_ingredients"] == 1
         assert (await old.get("/fridge")).json()["ingredients"] == []
         assert names((await recent.get("/fridge")).json()) == ["butter"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {ADMIN_TOKEN}"}],
+    ids=["none", "wrong-token", "not-bearer"],
+)
+async def test_the_admin_endpoints_refuse_a_client_without_the_token(
+    fridge: Fridge, headers: dict[str, str]
+) -> None:
+    async with fridge.client() as client:
+        await client.post("/fridge/ingredients", json={"ingredient_ids": [MILK]})
+    fridge.clock.now += timedelta(days=2)  # that session has expired: a sweep would delete it
+    async with serve(fridge.app) as url, httpx.AsyncClient(base_url=url) as outsider:
+        for method, path in [
+            ("GET", "/admin/session-stats"),
+            ("POST", "/admin/cleanup-sessions"),
+            ("GET", "/admin/cleanup-sessions/0"),
+        ]:
+            refused = await outsider.request(method, path, headers=headers)
+            assert refused.status_code == 401, (method, path)
+            assert refused.headers["www-authenticate"] == "Bearer"
+            assert "active_sessions" not in refused.text
+        stats = (await outsider.get("/admin/session-stats", headers=ADMIN)).json()
+    assert stats["expired_waiting"] == 1  # no sweep ran
+
+
+async def test_without_a_configured_token_the_admin_endpoints_are_off(
+    make_db: MakeDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FRIDGE_ADMIN_TOKEN", raising=False)
+    db = await make_db(FridgeBase.metadata)
+    off = create_app(db, sweep_every=timedelta(hours=1))
+    monkeypatch.setenv("FRIDGE_ADMIN_TOKEN", "from-the-environment")
+    on = create_app(db, sweep_every=timedelta(hours=1))
+    async with serve(off) as url, httpx.AsyncClient(base_url=url) as client:
+        for headers in ({}, {"Authorization": "Bearer anything"}):
+            refused = await client.get("/admin/session-stats", headers=headers)
+            assert refused.status_code == 403
+            assert "FRIDGE_ADMIN_TOKEN" in refused.json()["detail"]
+    auth = {"Authorization": "Bearer from-the-environment"}
+    async with (
+        on.router.lifespan_context(on),
+        serve(on) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        assert (await client.get("/admin/session-stats", headers=auth)).status_code == 200
+
+
+async def test_cleanup_runs_in_the_background_in_batches_and_one_at_a_time(
+    fridge: Fridge,
+) -> None:
+    async with fridge.client() as client:
+        for _ in range(5):
+            client.cookies.clear()
+            await client.post("/fridge/ingredients", json={"ingredient_ids": [MILK]})
+    fridge.clock.now += timedelta(days=2)
+    async with serve(fridge.app) as url, httpx.AsyncClient(base_url=url) as admin:
+        first, second = await asyncio.gather(
+            admin.post("/admin/cleanup-sessions", headers=ADMIN),
+            admin.post("/admin/cleanup-sessions", headers=ADMIN),
+        )
+        assert first.json()["job"]["id"] == second.json()["job"]["id"]  # one sweep, not two
+        job = first.json()["job"]
+        async with asyncio.timeout(10):
+            while job["status"] == "running":
+                await asyncio.sleep(0.01)
+                job = (await admin.get(job["status_url"], headers=ADMIN)).json()
+        assert (job["status"], job["deleted"]) == ("done", 5)
+        assert (await admin.get("/admin/cleanup-sessions/nope", headers=ADMIN)).status_code == 404
+        again = await _cleanup_finished(admin)
+        assert again["id"] != job["id"] and again["deleted"] == 0
+    assert await fridge.rows() == 0
 
 
 async def test_showing_the_fridge_is_three_selects(fridge: Fridge) -> None:

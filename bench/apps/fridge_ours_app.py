@@ -5,16 +5,19 @@ and the fridge's child rows with their ingredients (``FridgeService``).
 
 The example's background sweeper is pushed out to once a day so that it never runs during
 a measurement; the scenario triggers the same cleanup (``SessionStore.cleanup_expired``,
-batches of 1,000) through ``POST /admin/cleanup-sessions`` when it means to."""
+batches of 1,000) through ``POST /admin/cleanup-sessions`` (a background job, polled
+until done) when it means to."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 from aegis_shared.database import DatabaseManager
-from bench.common import PG_URL
+from bench.common import FRIDGE_ADMIN_TOKEN, PG_URL
 from examples.fridge.app import create_app
 
 app = create_app(
-    DatabaseManager(PG_URL, pool_size=10, max_overflow=0), sweep_every=timedelta(days=1)
+    DatabaseManager(PG_URL, pool_size=10, max_overflow=0),
+    sweep_every=timedelta(days=1),
+    admin_token=FRIDGE_ADMIN_TOKEN,
 )

@@ -7,7 +7,7 @@ Run it on the embedded SQLite default (or set DATABASE_URL)::
 ``GET /fridge`` shows the fridge, ``POST /fridge/ingredients`` and ``DELETE
 /fridge/ingredients`` change it, ``POST /login`` and ``POST /logout`` rotate and end the
 session, and ``GET /admin/session-stats`` / ``POST /admin/cleanup-sessions`` are seed 002's
-monitoring and cleanup.
+monitoring and cleanup, behind the bearer token ``FRIDGE_ADMIN_TOKEN`` (examples/fridge/admin.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from aegis_shared.database import DatabaseManager, configure_database
 from aegis_shared.sessions import SessionStore, sweep_sessions
 from aegis_shared.web import HttpSession, SessionMiddleware, current_session, install_error_handlers
+from examples.fridge.admin import AdminSettings, CleanupJobs, admin_router
 from examples.fridge.models import FridgeBase, UserFridgeIngredient, UserFridgeSession
 from examples.fridge.service import FridgeService, FridgeUnitOfWork
 
@@ -90,10 +91,20 @@ def create_app(
     *,
     store: SessionStore | None = None,
     sweep_every: timedelta = timedelta(minutes=10),
+    admin_token: str | None = None,
 ) -> FastAPI:
-    """The fridge service on ``db`` (default: from the environment, ``DATABASE_URL``)."""
+    """The fridge service on ``db`` (default: from the environment, ``DATABASE_URL``).
+
+    The admin endpoints need ``admin_token`` (default: ``FRIDGE_ADMIN_TOKEN``) as a bearer
+    token; without one they answer 403.
+    """
     manager = db or DatabaseManager.from_settings()
     sessions = store or SessionStore(manager, UserFridgeSession)
+    if admin_token is None:
+        secret = AdminSettings().admin_token
+        admin_token = None if secret is None else secret.get_secret_value()
+    token = admin_token or None  # an empty token would let an empty guess in
+    jobs = CleanupJobs(sessions)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -101,6 +112,7 @@ def create_app(
         await prepare_database(manager)
         async with sweep_sessions(sessions, every=sweep_every):
             yield
+        await jobs.stop()
         await manager.close()
 
     app = FastAPI(title="aegis-shared fridge (seed 002)", lifespan=lifespan)
@@ -147,21 +159,7 @@ def create_app(
         await session.invalidate()
         return {"detail": "logged out"}
 
-    @app.get("/admin/session-stats")
-    async def session_stats() -> dict[str, Any]:
-        """Seed 002's monitoring: active sessions, fridge rows, expired ones waiting."""
-        stats = await sessions.stats()
-        return {
-            "active_sessions": stats.active,
-            "total_ingredients": stats.child_rows,
-            "expired_waiting": stats.expired_waiting,
-            "oldest_session": stats.oldest_created_at,
-        }
-
-    @app.post("/admin/cleanup-sessions")
-    async def cleanup_sessions() -> dict[str, int]:
-        """Delete expired sessions now (the sweeper also does this in the background)."""
-        return {"deleted": await sessions.cleanup_expired()}
+    app.include_router(admin_router(sessions, token, jobs))
 
     @app.get("/ingredients")
     async def catalogue() -> list[dict[str, Any]]:

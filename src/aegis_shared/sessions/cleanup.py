@@ -20,6 +20,7 @@ deleting transaction also lets SQLite open that one with BEGIN IMMEDIATE.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final, cast
 
@@ -30,6 +31,9 @@ from aegis_shared.database import DatabaseManager
 from aegis_shared.models.types import UTCDateTime
 
 logger = logging.getLogger("aegis_shared.sessions")
+
+#: Called with the number of sessions a committed batch removed.
+OnBatch = Callable[[int], None] | None
 
 #: Bytes of a heap page header and of one tuple's line pointer plus minimal header: the
 #: most tuples a PostgreSQL page can hold is (block size - 24) // 28 (291 for 8 kB).
@@ -80,7 +84,7 @@ async def _postgresql_pages(db: DatabaseManager, table: Table, batch_size: int) 
 
 
 async def _delete_postgresql(
-    db: DatabaseManager, table: Table, now: datetime, batch_size: int
+    db: DatabaseManager, table: Table, now: datetime, batch_size: int, on_batch: OnBatch
 ) -> int:
     pages, step = await _postgresql_pages(db, table, batch_size)
     statement = postgresql_batch_statement(table)
@@ -92,11 +96,16 @@ async def _delete_postgresql(
             result = await session.execute(
                 statement, {"p_lo": f"({first},0)", "p_hi": f"({first + step},0)", "p_now": now}
             )
-            deleted += rows_matched(result)
+            removed = rows_matched(result)
+        deleted += removed
+        if on_batch is not None:
+            on_batch(removed)
     return deleted
 
 
-async def _delete_by_keys(db: DatabaseManager, table: Table, now: datetime, batch_size: int) -> int:
+async def _delete_by_keys(
+    db: DatabaseManager, table: Table, now: datetime, batch_size: int, on_batch: OnBatch
+) -> int:
     expired = table.c.expires_at <= bindparam("p_now", type_=UTCDateTime())
     pick = select(table.c.session_id).where(expired).order_by(table.c.expires_at).limit(batch_size)
     remove = delete(table).where(
@@ -111,6 +120,8 @@ async def _delete_by_keys(db: DatabaseManager, table: Table, now: datetime, batc
         async with db.background_session() as session:
             removed = rows_matched(await session.execute(remove, {"p_keys": keys, "p_now": now}))
         deleted += removed
+        if on_batch is not None:
+            on_batch(removed)
         # A short batch was the last one. None removed means another cleanup took these
         # rows first; it carries on, so this one stops rather than race it.
         if len(keys) < batch_size or removed == 0:
@@ -118,12 +129,21 @@ async def _delete_by_keys(db: DatabaseManager, table: Table, now: datetime, batc
     return deleted
 
 
-async def delete_expired(db: DatabaseManager, table: Table, now: datetime, batch_size: int) -> int:
+async def delete_expired(
+    db: DatabaseManager,
+    table: Table,
+    now: datetime,
+    batch_size: int,
+    on_batch: OnBatch = None,
+) -> int:
     """Delete the sessions of ``table`` that expired at ``now`` (and, by cascade, their
-    children) in transactions of about ``batch_size`` rows; returns how many were deleted."""
+    children) in transactions of about ``batch_size`` rows; returns how many were deleted.
+
+    ``on_batch(removed)`` is called after each committed batch, for progress reports.
+    """
     if db.dialect_name == "postgresql":
-        deleted = await _delete_postgresql(db, table, now, batch_size)
+        deleted = await _delete_postgresql(db, table, now, batch_size, on_batch)
     else:
-        deleted = await _delete_by_keys(db, table, now, batch_size)
+        deleted = await _delete_by_keys(db, table, now, batch_size, on_batch)
     logger.debug("deleted %d expired sessions from %s", deleted, table.name)
     return deleted

@@ -357,14 +357,17 @@ class SessionStore:
             return False
         return await self._write(self._delete_sql, {"p_key": _digest(session_id)}) == 1
 
-    async def cleanup_expired(self, batch_size: int = 1000) -> int:
+    async def cleanup_expired(
+        self, batch_size: int = 1000, *, on_batch: Callable[[int], None] | None = None
+    ) -> int:
         """Delete expired sessions and their child rows; returns how many sessions went.
 
         Works in batches of about ``batch_size`` sessions, each its own transaction, on
         the background pool; sessions that expire while it runs are left for the next run.
+        ``on_batch(removed)`` is called after each committed batch (progress reports).
         """
         check_batch_size(batch_size)
-        return await delete_expired(self.db, self.table, self._now(), batch_size)
+        return await delete_expired(self.db, self.table, self._now(), batch_size, on_batch)
 
     async def stats(self) -> SessionStats:
         """Active and expired sessions, child rows and the oldest active session's start."""
