@@ -95,8 +95,7 @@ _NO_TOKEN: Final = (
     "field (see csrf_token() in aegis_shared.web)."
 )
 _WRONG_TOKEN: Final = (
-    "The CSRF token does not match the CSRF cookie. Load the page with the form again and "
-    "resubmit."
+    "The CSRF token does not match the CSRF cookie. Load the page with the form again and resubmit."
 )
 _FORM_TOO_LARGE: Final = (
     "The form is too large to look for the CSRF token in it. Send the token in the "
