@@ -383,13 +383,34 @@ async def test_form_with_valid_token_passes_and_the_app_gets_the_whole_body() ->
         assert calls == ["submit", "submit"]
 
 
-async def test_token_is_kept_across_pages() -> None:
-    async with client(tokens=tokens()) as (http, _, _url):
+async def test_cookie_is_kept_across_pages_and_every_masked_token_is_valid() -> None:
+    async with client(tokens=tokens()) as (http, calls, _):
         first = await http.get("/form")
         second = await http.get("/form")
-        assert second.json()["token"] == first.json()["token"]
+        assert "set-cookie" in first.headers
         assert "set-cookie" not in second.headers
         assert "set-cookie" not in (await http.get("/page")).headers  # no token asked for
+        # Masked afresh per page (BREACH), all valid for the one cookie.
+        a, b = first.json()["token"], second.json()["token"]
+        assert a != b
+        assert (await http.post("/submit", data={"csrf_token": a})).status_code == 200
+        assert (await http.post("/submit", data={"csrf_token": b})).status_code == 200
+        # A script may also copy the cookie's own value into the header.
+        raw = http.cookies["csrf"]
+        assert (await http.post("/submit", headers={"X-CSRF-Token": raw})).status_code == 200
+        assert calls == ["get", "submit", "submit", "submit"]
+
+
+async def test_cookie_is_found_behind_other_malformed_cookies() -> None:
+    async with client(tokens=tokens()) as (http, calls, _):
+        await http.get("/form")
+        raw = http.cookies["csrf"]
+        http.cookies.clear()  # only the header below
+        cookie = f'junk="unterminated; other=a b c; csrf={raw}; last=1'
+        response = await http.post("/submit", headers={"X-CSRF-Token": raw, "Cookie": cookie})
+        assert response.status_code == 200
+        assert_refused(await http.post("/submit", headers={"X-CSRF-Token": raw}))
+        assert calls == ["submit"]
 
 
 async def test_tampered_token_is_refused() -> None:
@@ -487,17 +508,18 @@ async def test_urlencoded_form_over_the_cap_is_refused() -> None:
 
 async def test_default_cookie_is_host_prefixed_and_secure() -> None:
     async with client(tokens=CSRFTokens(SECRET)) as (http, _, _url):
-        cookie = (await http.get("/form")).headers["set-cookie"]
-        name, _, attributes = cookie.partition("; ")
+        page = await http.get("/form")
+        token = page.json()["token"]
+        name, _, attributes = page.headers["set-cookie"].partition("; ")
         assert name.startswith("__Host-csrf=")
         parts = {a.lower() for a in attributes.split("; ")}
         assert parts == {"path=/", "samesite=lax", "secure"}  # no Domain, readable by scripts
         # The client's jar keeps a Secure cookie off plain HTTP: a browser would too.
-        token = (await http.get("/form")).json()["token"]
         assert_refused(await http.post("/submit", headers={"X-CSRF-Token": token}))
         # Sent as a browser on https would send it:
+        raw = name.partition("=")[2]
         response = await http.post(
-            "/submit", headers={"X-CSRF-Token": token, "Cookie": f"__Host-csrf={token}"}
+            "/submit", headers={"X-CSRF-Token": token, "Cookie": f"__Host-csrf={raw}"}
         )
         assert response.status_code == 200
 

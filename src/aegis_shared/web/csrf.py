@@ -46,7 +46,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from email.message import Message as _MimeHeader
-from http.cookies import CookieError, SimpleCookie
+from http.cookies import SimpleCookie
 from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
@@ -91,15 +91,15 @@ _NO_COOKIE: Final = (
     "fresh cookie) and resubmit."
 )
 _NO_TOKEN: Final = (
-    "The CSRF token is missing. Send it in the X-CSRF-Token header or the csrf_token form "
-    "field (see csrf_token() in aegis_shared.web)."
+    "The CSRF token is missing. Send it in the {header} header or the {field} form field "
+    "(see csrf_token() in aegis_shared.web)."
 )
 _WRONG_TOKEN: Final = (
     "The CSRF token does not match the CSRF cookie. Load the page with the form again and resubmit."
 )
 _FORM_TOO_LARGE: Final = (
     "The form is too large to look for the CSRF token in it. Send the token in the "
-    "X-CSRF-Token header, or put the csrf_token field first in the form."
+    "{header} header, or put the {field} field first in the form."
 )
 _DISCONNECTED: Final = "The client disconnected before its form was read."
 
@@ -264,8 +264,10 @@ class CSRFTokens:
     """Signed double-submit tokens for HTML forms (OWASP's "signed double-submit cookie").
 
     The cookie holds ``random.HMAC-SHA256(secret, random)``; an unsafe request must send the
-    same value in the ``X-CSRF-Token`` header or the ``csrf_token`` form field. Another site
-    can neither read the cookie nor forge a value that verifies without the secret.
+    same value (or the masked form :func:`csrf_token` puts in pages) in the ``X-CSRF-Token``
+    header or the ``csrf_token`` form field. Another site can neither read the cookie nor
+    forge a value that verifies without the secret. Websocket handshakes carry no token:
+    the origin check covers them.
 
     ``secret``: at least 32 bytes, e.g. ``secrets.token_urlsafe(32)`` kept in the app's
     settings (never logged; rotating it invalidates open forms). The cookie is
@@ -308,7 +310,9 @@ class CSRFTokens:
         self._key = key
         self.secure = secure
         self.cookie_name = name
-        self.header_name = header_name.lower()
+        if not header_name or not field_name:
+            raise ValueError("header_name and field_name must not be empty")
+        self.header_name = header_name
         self.field_name = field_name
         self.max_form_bytes = max_form_bytes
 
@@ -334,17 +338,42 @@ class CSRFTokens:
             return False
         return hmac.compare_digest(signature.encode(), self._sign(nonce).encode())
 
+    def masked(self, token: str) -> str:
+        """``token`` under a fresh one-time pad, for embedding in a page: it changes on every
+        call, so a compressed response that also reflects attacker input does not leak it
+        byte by byte (BREACH). :meth:`matches` accepts both forms."""
+        raw = token.encode()
+        pad = secrets.token_bytes(len(raw))
+        masked = pad + bytes(a ^ b for a, b in zip(pad, raw, strict=True))
+        return base64.urlsafe_b64encode(masked).rstrip(b"=").decode()
+
+    def matches(self, sent: str, expected: str) -> bool:
+        """Is ``sent`` (the cookie's value, or it :meth:`masked`) the token ``expected``?"""
+        if len(sent) > 4 * _MAX_TOKEN_LENGTH or not sent.isascii():
+            return False
+        if "." not in sent:  # masked
+            try:
+                data = base64.urlsafe_b64decode(sent + "=" * (-len(sent) % 4))
+            except ValueError:
+                return False
+            half, odd = divmod(len(data), 2)
+            if odd or not half:
+                return False
+            pad, masked = data[:half], data[half:]
+            sent = bytes(a ^ b for a, b in zip(pad, masked, strict=True)).decode("latin-1")
+        return hmac.compare_digest(sent.encode("latin-1"), expected.encode())
+
     def cookie_token(self, scope: Scope) -> str | None:
         """The client's token cookie if it verifies, else ``None``."""
-        for value in _header_values(scope, b"cookie"):
-            cookie: SimpleCookie = SimpleCookie()
-            try:
-                cookie.load(value)
-            except CookieError:
-                continue
-            morsel = cookie.get(self.cookie_name)
-            if morsel is not None and self.is_valid(morsel.value):
-                return morsel.value
+        for header in _header_values(scope, b"cookie"):
+            # Parsed by hand, like browsers and Starlette: SimpleCookie stops at the first
+            # cookie it dislikes, which would hide ours behind another site's junk.
+            for pair in header.split(";"):
+                name, eq, value = pair.partition("=")
+                if eq and name.strip() == self.cookie_name:
+                    value = value.strip().strip('"')
+                    if self.is_valid(value):
+                        return value
         return None
 
     def set_cookie_header(self, token: str) -> tuple[bytes, bytes]:
@@ -366,7 +395,7 @@ class CSRFTokens:
         expected = self.cookie_token(scope)
         if expected is None:
             return _NO_COOKIE, receive
-        headers = _header_values(scope, self.header_name.encode("latin-1"))
+        headers = _header_values(scope, self.header_name.lower().encode("latin-1"))
         if headers:
             sent: str | None = headers[0].strip()
         else:
@@ -374,10 +403,13 @@ class CSRFTokens:
             if problem is not None:
                 return problem, receive
         if sent is None:
-            return _NO_TOKEN, receive
-        if not hmac.compare_digest(sent.encode(), expected.encode()):
+            return self._explain(_NO_TOKEN), receive
+        if not self.matches(sent, expected):
             return _WRONG_TOKEN, receive
         return None, receive
+
+    def _explain(self, reason: str) -> str:
+        return reason.format(header=self.header_name, field=self.field_name)
 
     async def _form_token(
         self, scope: Scope, receive: Receive
@@ -412,7 +444,8 @@ class CSRFTokens:
                 if token is not None:
                     break
             if size > self.max_form_bytes:
-                return None, _FORM_TOO_LARGE, _replay(b"".join(chunks), more_body, receive)
+                problem = self._explain(_FORM_TOO_LARGE)
+                return None, problem, _replay(b"".join(chunks), more_body, receive)
         body = b"".join(chunks)
         if not multipart:
             token = _urlencoded_field(body, self.field_name)
@@ -488,6 +521,9 @@ class _TokenState:
             self.issued = True
         return self.current
 
+    def masked(self) -> str:
+        return self.tokens.masked(self.token())
+
 
 class HasScope(Protocol):
     """Anything carrying an ASGI scope: a Starlette ``Request`` or ``WebSocket``."""
@@ -498,9 +534,11 @@ class HasScope(Protocol):
 
 def csrf_token(connection: HasScope) -> str:
     """The CSRF token for a form on this page (``<input type="hidden" name="csrf_token"
-    value="{{ csrf_token(request) }}">``); sets the token cookie if the client has none.
+    value="{{ csrf_token(request) }}">``) or a ``<meta>`` tag that scripts copy into the
+    ``X-CSRF-Token`` header; sets the token cookie if the client has none.
 
-    Needs ``CSRFMiddleware(app, tokens=CSRFTokens(secret))``.
+    Masked afresh on every call (so it differs each time; all of them are valid for this
+    client's cookie). Needs ``CSRFMiddleware(app, tokens=CSRFTokens(secret))``.
     """
     state = connection.scope.get("state", {}).get(STATE_KEY)
     if not isinstance(state, _TokenState):
@@ -508,7 +546,7 @@ def csrf_token(connection: HasScope) -> str:
             "csrf_token() needs CSRF tokens enabled: add "
             "app.add_middleware(CSRFMiddleware, tokens=CSRFTokens(secret))"
         )
-    return state.token()
+    return state.masked()
 
 
 class CSRFMiddleware:
