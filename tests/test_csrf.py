@@ -540,3 +540,80 @@ def test_csrf_token_without_the_middleware_says_what_to_add() -> None:
     connection = HTTPConnection({"type": "http", "headers": [], "state": {}})
     with pytest.raises(RuntimeError, match=r"CSRFMiddleware, tokens=CSRFTokens"):
         csrf_token(connection)
+
+
+# -- reading the form inside the middleware (ASGI messages, to choose the chunking) -----------
+
+
+async def run_form(
+    body_chunks: list[bytes], headers: dict[str, str], middleware_tokens: CSRFTokens
+) -> tuple[bytes | None, list[Any]]:
+    """POST the body in the given chunks; what the app received (``None``: it did not run)
+    and what the client was sent."""
+    received: list[bytes] = []
+    ran = False
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal ran
+        ran = True
+        more = True
+        while more:
+            message = await receive()
+            received.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    incoming: list[dict[str, Any]] = [
+        {"type": "http.request", "body": chunk, "more_body": i < len(body_chunks) - 1}
+        for i, chunk in enumerate(body_chunks)
+    ]
+
+    async def receive() -> Any:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await CSRFMiddleware(app, tokens=middleware_tokens)(scope("POST", headers), receive, send)
+    return (b"".join(received) if ran else None), sent
+
+
+async def test_form_read_in_small_chunks_is_replayed_byte_for_byte() -> None:
+    t = tokens()
+    raw = t.new_token()
+    boundary = "b0undary"
+    body = multipart(
+        [("item", b"milk", None), ("csrf_token", t.masked(raw).encode(), None)], boundary
+    )
+    chunks = [body[i : i + 7] for i in range(0, len(body), 7)]  # token split across chunks
+    headers = {
+        "host": "app.example",
+        "cookie": f"csrf={raw}",
+        "content-type": f'multipart/form-data; boundary="{boundary}"',
+    }
+    received, sent = await run_form(chunks, headers, t)
+    assert received == body
+    assert sent[0]["status"] == 200
+
+
+async def test_client_gone_while_the_form_is_read_is_refused_without_running_the_app() -> None:
+    t = tokens()
+    raw = t.new_token()
+    headers = {
+        "host": "app.example",
+        "cookie": f"csrf={raw}",
+        "content-type": "application/x-www-form-urlencoded",
+    }
+    received, sent = await run_form([], headers, t)  # only http.disconnect arrives
+    assert received is None
+    assert sent[0]["status"] == 403
+    assert "disconnected" in json.loads(sent[1]["body"])["message"]
+
+
+async def test_empty_origin_counts_as_no_origin() -> None:
+    async with client() as (http, calls, _):
+        assert (await http.post("/logout", headers={"Origin": ""})).status_code == 200
+        assert calls == ["logout"]

@@ -202,7 +202,8 @@ class CSRFPolicy:
         origins = _header_values(scope, b"origin")
         if len(origins) > 1:
             return _BAD_ORIGIN
-        origin = origins[0].strip() if origins else None
+        # An empty Origin is no Origin (as in Go): no browser sends one.
+        origin = (origins[0].strip() or None) if origins else None
         sites = _header_values(scope, b"sec-fetch-site")
         site = sites[0].strip().lower() if len(sites) == 1 else ("?" if sites else None)
         if site in ("same-origin", "none"):
