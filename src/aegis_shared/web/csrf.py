@@ -19,9 +19,9 @@ TRACE):
 
 Only ``host[:port]`` is compared with ``Host``, not the scheme: behind a TLS-terminating
 proxy the app sees ``http`` while the browser's ``Origin`` says ``https``, and comparing
-schemes would refuse every same-origin request. A scheme downgrade is not a CSRF vector
-(the page would have to be served from this very host). Trusted origins, by contrast, are
-matched exactly, scheme included.
+schemes would refuse every same-origin request. The cost: a page served from this same
+host over plain HTTP (only an active network attacker could inject one) passes; serve the
+site with HSTS. Trusted origins, by contrast, are matched exactly, scheme included.
 
 Websocket handshakes are checked the same way whatever their method (a cross-site page
 may open a websocket that carries the user's cookie: cross-site websocket hijacking).
