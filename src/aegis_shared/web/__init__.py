@@ -1,12 +1,20 @@
-"""FastAPI / Starlette glue: the per-request database session, the session cookie and
-error handlers.
+"""FastAPI / Starlette glue: the per-request database session, the session cookie, the
+CSRF defence and error handlers.
 
 Needs the ``fastapi`` extra (``pip install aegis-shared[fastapi]``) for the error handlers
-and the session cookie; the database session middleware is plain ASGI.
+and the session cookie; the database session middleware and the CSRF defence are plain ASGI.
 """
 
 from typing import TYPE_CHECKING
 
+from aegis_shared.web.csrf import (
+    CSRFMiddleware,
+    CSRFPolicy,
+    CSRFTokens,
+    csrf_token,
+    send_refusal,
+    send_websocket_refusal,
+)
 from aegis_shared.web.middleware import DatabaseSessionMiddleware
 
 if TYPE_CHECKING:
@@ -14,11 +22,17 @@ if TYPE_CHECKING:
     from aegis_shared.web.sessions import HttpSession, SessionMiddleware, current_session
 
 __all__ = [
+    "CSRFMiddleware",
+    "CSRFPolicy",
+    "CSRFTokens",
     "DatabaseSessionMiddleware",
     "HttpSession",
     "SessionMiddleware",
+    "csrf_token",
     "current_session",
     "install_error_handlers",
+    "send_refusal",
+    "send_websocket_refusal",
 ]
 
 _NEEDS_STARLETTE = {
