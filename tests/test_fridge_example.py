@@ -51,7 +51,7 @@ async def fridge(make_db: MakeDb) -> AsyncIterator[Fridge]:
     db = await make_db(FridgeBase.metadata)
     clock = Clock()
     store = SessionStore(db, UserFridgeSession, idle_timeout=timedelta(hours=24), clock=clock)
-    app = create_app(db, store=store, sweep_every=timedelta(hours=1))
+    app = create_app(db, store=store, sweep_every=timedelta(hours=1), secure_cookie=False)
     async with app.router.lifespan_context(app):
         yield Fridge(app, db, clock)
 
