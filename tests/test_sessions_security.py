@@ -171,6 +171,12 @@ def _app(site: Site, **options: Any) -> FastAPI:
             raise HTTPException(409, f"session ended; usable={with_data}")
         return {"data": dict(session)}
 
+    @app.post("/rotate-then-401")
+    async def rotate_then_refuse(session: HttpSession = SESSION) -> None:
+        session["user"] = "mallory"
+        assert await session.rotate()
+        raise HTTPException(401, "second factor missing")
+
     @app.post("/logout")
     async def logout(session: HttpSession = SESSION) -> dict[str, str]:
         await session.invalidate()
@@ -401,9 +407,11 @@ async def test_the_first_live_value_of_several_wins_and_junk_never_clears_it(
             (f"session=junk; other=1; session={live}", 1),
             (f"session={forged}; session={live}; session=junk", 2),
             (f'session="{live}"', 1),
+            ([("cookie", f"session={live}"), ("cookie", "session=junk")], 1),  # two headers
         ]:
             with count_queries(site.db) as counter:
-                response = await client.get("/data", headers={"cookie": header})
+                headers = header if isinstance(header, list) else {"cookie": header}
+                response = await client.get("/data", headers=headers)
             assert response.json() == {"id": live, "data": {"cart": [1]}}, header
             assert set_cookies(response) == [], header
             assert counter.count == selects, header
@@ -458,6 +466,25 @@ async def test_a_session_ensured_by_a_failing_request_is_removed(site: Site, fai
         assert "milk" not in failed.text
     assert await site.rows() == []
     assert await site.notes() == 0  # the child row went with it (cascade)
+
+
+async def test_a_rotation_followed_by_an_error_sends_the_new_id_without_the_changes(
+    site: Site,
+) -> None:
+    async with site.served() as client:
+        old_id = await start_session(client, {"cart": [1]})
+        refused = await client.post("/rotate-then-401")
+        assert refused.status_code == 401
+        # The rotation happened in the database: the client needs the new id (the old
+        # one is dead), but "user" was never saved.
+        (header,) = set_cookies(refused)
+        new_id = name_and_value(header)[1]
+        assert is_session_id(new_id) and new_id != old_id
+        assert refused.headers["cache-control"] == "no-store"
+        assert (await client.get("/data")).json() == {"id": new_id, "data": {"cart": [1]}}
+    (row,) = await site.rows()
+    assert row.session_id == session_key(new_id)
+    assert row.data == {"cart": [1]}
 
 
 async def test_save_on_error_keeps_the_changes_of_a_failing_request(site: Site) -> None:
