@@ -51,15 +51,15 @@ class HttpSession(MutableMapping[str, Any]):
     :meth:`save_on_error` to save and keep them whatever the status.
     """
 
-    def __init__(self, store: SessionStore, cookies: str | list[str] | None) -> None:
+    def __init__(self, store: SessionStore, cookie: str | list[str] | None) -> None:
         self._store = store
         # The values of the cookie as the client sent them, in order: maybe stale,
         # forged, malformed, or planted by a sibling subdomain.
-        if cookies is None:
-            cookies = []
-        elif isinstance(cookies, str):
-            cookies = [cookies]
-        self._cookies = list(cookies)
+        if cookie is None:
+            cookie = []
+        elif isinstance(cookie, str):
+            cookie = [cookie]
+        self._cookies = list(cookie)
         self._id: str | None = None
         self._data: dict[str, Any] = {}
         self._loaded = False
@@ -267,8 +267,15 @@ class HttpSession(MutableMapping[str, Any]):
             # is known about the client's cookie, so it is left alone. After a lost
             # rotation the cookie the client holds may be the winner's: left alone too.
             return None
-        failed = status is None or status >= 400
-        if failed and not self._save_on_error:
+        if status is None:
+            # The app raised before responding: no cookie can reach the client, so a
+            # session this request started is useless and goes, whatever save_on_error.
+            if self._created:
+                await self._discard_created()
+            elif self._save_on_error and self._modified and self._id is not None:
+                await self._store.save(self._id, self._data)
+            return None
+        if status >= 400 and not self._save_on_error:
             if self._created:
                 await self._discard_created()
             # A rotation already happened in the database: the client needs the new id,
