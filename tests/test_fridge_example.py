@@ -53,7 +53,13 @@ async def fridge(make_db: MakeDb) -> AsyncIterator[Fridge]:
     db = await make_db(FridgeBase.metadata)
     clock = Clock()
     store = SessionStore(db, UserFridgeSession, idle_timeout=timedelta(hours=24), clock=clock)
-    app = create_app(db, store=store, sweep_every=timedelta(hours=1), admin_token=ADMIN_TOKEN)
+    app = create_app(
+        db,
+        store=store,
+        sweep_every=timedelta(hours=1),
+        admin_token=ADMIN_TOKEN,
+        secure_cookie=False,
+    )
     async with app.router.lifespan_context(app):
         yield Fridge(app, db, clock)
 

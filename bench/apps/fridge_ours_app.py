@@ -20,4 +20,5 @@ app = create_app(
     DatabaseManager(PG_URL, pool_size=10, max_overflow=0),
     sweep_every=timedelta(days=1),
     admin_token=FRIDGE_ADMIN_TOKEN,
+    secure_cookie=False,  # the load generator talks plain http on loopback
 )

@@ -2,7 +2,10 @@
 
 Run it on the embedded SQLite default (or set DATABASE_URL)::
 
-    uvicorn examples.fridge.app:app
+    SESSION_COOKIE_SECURE=false uvicorn examples.fridge.app:app
+
+The session cookie is ``Secure`` (and named ``__Host-session``) by default, which a browser
+keeps only over https: ``SESSION_COOKIE_SECURE=false`` opts out for local plain http.
 
 ``GET /fridge`` shows the fridge, ``POST /fridge/ingredients`` and ``DELETE
 /fridge/ingredients`` change it, ``POST /login`` and ``POST /logout`` rotate and end the
@@ -17,9 +20,10 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
+from aegis_shared.config import Settings
 from aegis_shared.database import DatabaseManager, configure_database
 from aegis_shared.sessions import SessionStore, sweep_sessions
 from aegis_shared.web import HttpSession, SessionMiddleware, current_session, install_error_handlers
@@ -92,12 +96,17 @@ def create_app(
     store: SessionStore | None = None,
     sweep_every: timedelta = timedelta(minutes=10),
     admin_token: str | None = None,
+    secure_cookie: bool | None = None,
 ) -> FastAPI:
     """The fridge service on ``db`` (default: from the environment, ``DATABASE_URL``).
 
     The admin endpoints need ``admin_token`` (default: ``FRIDGE_ADMIN_TOKEN``) as a bearer
-    token; without one they answer 403.
+    token; without one they answer 403. ``secure_cookie`` makes the session cookie
+    ``Secure``; by default it comes from ``SESSION_COOKIE_SECURE`` (true unless set to
+    false, for local plain http).
     """
+    if secure_cookie is None:
+        secure_cookie = Settings().session_cookie_secure
     manager = db or DatabaseManager.from_settings()
     sessions = store or SessionStore(manager, UserFridgeSession)
     if admin_token is None:
@@ -116,7 +125,7 @@ def create_app(
         await manager.close()
 
     app = FastAPI(title="aegis-shared fridge (seed 002)", lifespan=lifespan)
-    app.add_middleware(SessionMiddleware, store=sessions)
+    app.add_middleware(SessionMiddleware, store=sessions, secure=secure_cookie)
     install_error_handlers(app)
 
     @app.get("/fridge")
@@ -150,7 +159,10 @@ def create_app(
     async def login(body: Login, session: HttpSession = CurrentSession) -> dict[str, str]:
         """Remember the user and give the session a new id (the fridge stays)."""
         session["user"] = body.user
-        await session.rotate()
+        if not await session.rotate():
+            # The session ended (a logout, its absolute lifetime) while this request ran:
+            # nothing is saved, and the login must not be reported as done.
+            raise HTTPException(409, "The session ended meanwhile; log in again.")
         return {"user": body.user}
 
     @app.post("/logout")

@@ -21,7 +21,7 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./aegis.db"
 
 
 class Settings(BaseSettings):
-    """Database settings of an aegis-shared application.
+    """Database (and session cookie) settings of an aegis-shared application.
 
     Every field is read from the environment variable of the same name in upper case
     (``database_pool_size`` from ``DATABASE_POOL_SIZE``), or passed as a keyword.
@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     )
     database_fast_path: bool = Field(
         True, description="Lean driver-level reads for get_by_id, list and count."
+    )
+    session_cookie_secure: bool = Field(
+        True,
+        description="Mark the session cookie Secure (and name it __Host-session); false only "
+        "for local development over plain http.",
     )
 
     @field_validator("database_url")

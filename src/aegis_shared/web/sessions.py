@@ -10,14 +10,14 @@ a handler depends on :func:`current_session`, and writes only what the handler c
 
 from __future__ import annotations
 
-import ipaddress
+import logging
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from http.cookies import SimpleCookie
 from typing import Any, Final, Literal
 
-from starlette.requests import HTTPConnection, cookie_parser
+from starlette.requests import HTTPConnection
 
-from aegis_shared.sessions.ids import session_key
+from aegis_shared.sessions.ids import is_session_id, session_key
 from aegis_shared.sessions.store import SessionStore
 
 Scope = MutableMapping[str, Any]
@@ -29,6 +29,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 STATE_KEY: Final = "aegis.http_session"
 _HOST_PREFIX: Final = "__Host-"
 
+#: Most cookie values of the session's name that one request may look up. A browser sends
+#: several when a sibling subdomain or a path planted more cookies of that name; each
+#: costs one SELECT, so a client must not be able to make a request cost many.
+MAX_COOKIE_CANDIDATES: Final = 3
+
+logger = logging.getLogger("aegis_shared.web")
+
 
 class HttpSession(MutableMapping[str, Any]):
     """The session of one request: a dict of JSON values, saved when the response starts.
@@ -37,17 +44,31 @@ class HttpSession(MutableMapping[str, Any]):
     (``session["cart"].append(1)``) call :meth:`changed`. A client without a session gets
     one (and its cookie) only when something is written. :meth:`rotate` after a login,
     :meth:`invalidate` for a logout.
+
+    Changes are saved only when the response's status is below 400: a handler that sets
+    ``session["user"]`` and then answers 401 leaves the session as it was, and a session
+    this request started (a first write, :meth:`ensure`) is deleted again. Call
+    :meth:`save_on_error` to save and keep them whatever the status.
     """
 
-    def __init__(self, store: SessionStore, cookie: str | None) -> None:
+    def __init__(self, store: SessionStore, cookie: str | list[str] | None) -> None:
         self._store = store
-        self._cookie = cookie  # as the client sent it: maybe stale, forged or malformed
+        # The values of the cookie as the client sent them, in order: maybe stale,
+        # forged, malformed, or planted by a sibling subdomain.
+        if cookie is None:
+            cookie = []
+        elif isinstance(cookie, str):
+            cookie = [cookie]
+        self._cookies = list(cookie)
         self._id: str | None = None
         self._data: dict[str, Any] = {}
         self._loaded = False
         self._modified = False
         self._cookie_changed = False
+        self._created = False  # this request INSERTed the session's row
         self._invalidated = False
+        self._rotation_lost = False
+        self._save_on_error = False
 
     # -- state ------------------------------------------------------------------------------
 
@@ -68,19 +89,38 @@ class HttpSession(MutableMapping[str, Any]):
         """True when this request started the session (its cookie is set on the response)."""
         return self._id is not None and self._cookie_changed
 
+    @property
+    def ended(self) -> bool:
+        """True once this request has no session any more: after :meth:`invalidate`, or a
+        :meth:`rotate` that returned ``False``. The session can no longer be used."""
+        return self._invalidated or self._rotation_lost
+
     async def load(self) -> None:
         """Read the client's session (once per request; :func:`current_session` calls it).
 
         A cookie that is not shaped like a session id costs no query; an unknown or
-        expired id gives an empty session, never one with that id.
+        expired id gives an empty session, never one with that id. When the client sent
+        several cookies of the session's name, the first (of at most
+        :data:`MAX_COOKIE_CANDIDATES` shaped like an id) that is a live session wins.
+        If the read fails (the database is down or slow), the error propagates and the
+        response leaves the client's cookie alone: only a session known not to exist is
+        cleared.
         """
         if self._loaded:
             return
+        candidates: list[str] = []
+        for value in self._cookies:
+            if is_session_id(value) and value not in candidates:
+                candidates.append(value)
+        for candidate in candidates[:MAX_COOKIE_CANDIDATES]:
+            stored = await self._store.get(candidate)
+            if stored is not None:
+                self._id = stored.id
+                self._data = dict(stored.data)
+                break
+        # Only now: after a failed read the session counts as never loaded, so the
+        # response neither saves it nor clears the cookie.
         self._loaded = True
-        stored = await self._store.get(self._cookie)  # no query if not shaped like an id
-        if stored is not None:
-            self._id = stored.id
-            self._data = dict(stored.data)
 
     def _require_loaded(self) -> None:
         if not self._loaded:
@@ -92,6 +132,13 @@ class HttpSession(MutableMapping[str, Any]):
             raise RuntimeError(
                 "The session was used after invalidate(); a logged-out request has no "
                 "session. Start a new one in the next request"
+            )
+        if self._rotation_lost:
+            raise RuntimeError(
+                "The session was used after rotate() returned False: it ended (a logout, "
+                "its expiry or another request's rotation) while this request ran, and its "
+                "data was discarded. Check rotate()'s result and answer, for example, 409 "
+                "asking the client to log in again"
             )
 
     # -- the mapping --------------------------------------------------------------------------
@@ -123,12 +170,22 @@ class HttpSession(MutableMapping[str, Any]):
         self._require_loaded()
         self._modified = True
 
+    def save_on_error(self) -> None:
+        """Save this request's changes, and keep a session it started, even when the
+        response's status is 400 or more (by default they are dropped): for data that
+        must outlive a failed request, such as a count of failed login attempts."""
+        self._require_loaded()
+        self._save_on_error = True
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def ensure(self) -> str:
         """Create the session now if the client has none, and return its :attr:`key`.
 
         For handlers that write child rows, which need the session's row to exist first.
+        If the response turns out to be an error (status 400 or more, or an exception),
+        the row (and so its child rows) is deleted again unless :meth:`save_on_error`
+        was called.
         """
         self._require_loaded()
         if self._id is None:
@@ -136,25 +193,42 @@ class HttpSession(MutableMapping[str, Any]):
             self._id = stored.id
             self._modified = False
             self._cookie_changed = True
+            self._created = True
         key = self.key
         assert key is not None
         return key
 
-    async def rotate(self) -> None:
+    async def rotate(self) -> bool:
         """Give the session a new id, keeping its data and child rows (call it on login or
-        any change of privilege); the old id stops working at once."""
+        any change of privilege); the old id stops working at once. ``True`` when done.
+
+        ``False`` when the session ended while this request ran (a logout, its absolute
+        or idle expiry, or a rotation by another request, of which only one wins): its
+        data is discarded, no session is created, the response sets no cookie, and any
+        further use of the session raises ``RuntimeError``. A login handler should answer
+        an error then (409, say) rather than report success::
+
+            if not await session.rotate():
+                raise HTTPException(409, "Your session ended meanwhile; log in again")
+
+        A client without a session gets a new one (as :meth:`ensure`).
+        """
         self._require_loaded()
         if self._id is None:
             await self.ensure()
-            return
+            return True
         rotated = await self._store.rotate(self._id)
         if rotated is None:
-            # Logged out or expired meanwhile: continue as a client without a session.
+            # Never recreate it from the data in hand: that would revive a logged-out or
+            # expired session, and let N concurrent logins make N live sessions.
             self._id = None
-            await self.ensure()
-            return
+            self._data = {}
+            self._modified = False
+            self._rotation_lost = True
+            return False
         self._id = rotated.id
         self._cookie_changed = True
+        return True
 
     async def invalidate(self) -> None:
         """Log out: delete the session (and its child rows) on the server now, and clear
@@ -166,11 +240,47 @@ class HttpSession(MutableMapping[str, Any]):
         self._data = {}
         self._invalidated = True
 
-    async def _finish(self) -> str | None:
-        """Save what changed; the ``Set-Cookie`` value to send, if any (``""`` clears)."""
+    async def _discard_created(self) -> None:
+        """Delete the row this request created, for a request that failed."""
+        session_id, self._id = self._id, None
+        self._cookie_changed = False
+        try:
+            await self._store.delete(session_id)
+        except Exception as exc:
+            # The failed request's own answer matters more; the row holds nothing the
+            # client was told about, and cleanup_expired() removes it at its expiry.
+            logger.warning(
+                "could not delete the session a failed request started (%s); it stays "
+                "until it expires",
+                type(exc).__name__,
+            )
+
+    async def _finish(self, status: int | None) -> str | None:
+        """Save what changed; the ``Set-Cookie`` value to send, if any (``""`` clears).
+
+        ``status`` is the response's, ``None`` when the app raised before responding.
+        """
         if self._invalidated:
-            return "" if self._cookie is not None or self._cookie_changed else None
-        if self._modified:
+            return "" if self._cookies or self._cookie_changed else None
+        if not self._loaded or self._rotation_lost:
+            # Never loaded (or the load failed, the database being unreachable): nothing
+            # is known about the client's cookie, so it is left alone. After a lost
+            # rotation the cookie the client holds may be the winner's: left alone too.
+            return None
+        if status is None:
+            # The app raised before responding: no cookie can reach the client, so a
+            # session this request started is useless and goes, whatever save_on_error.
+            if self._created:
+                await self._discard_created()
+            elif self._save_on_error and self._modified and self._id is not None:
+                await self._store.save(self._id, self._data)
+            return None
+        if status >= 400 and not self._save_on_error:
+            if self._created:
+                await self._discard_created()
+            # A rotation already happened in the database: the client needs the new id,
+            # its data being the stored one, without this request's changes.
+        elif self._modified:
             if self._id is None:
                 await self.ensure()
             elif not await self._store.save(self._id, self._data):
@@ -179,8 +289,8 @@ class HttpSession(MutableMapping[str, Any]):
                 return None
         if self._cookie_changed:
             return self._id
-        if self._loaded and self._id is None and self._cookie is not None:
-            return ""  # a stale, forged or malformed cookie: tell the client to drop it
+        if self._id is None and self._cookies:
+            return ""  # stale, forged or malformed cookies: tell the client to drop it
         return None
 
 
@@ -191,11 +301,34 @@ class SessionMiddleware:
     >>> @app.get("/fridge")
     ... async def fridge(session: HttpSession = Depends(current_session)): ...
 
-    The cookie is ``HttpOnly``, ``SameSite=Lax`` (or ``same_site``), ``Path=/`` and
-    ``Secure`` unless the request is plain HTTP to a loopback host (local development).
-    ``host_prefix=True`` names it ``__Host-<cookie_name>``, which browsers accept only
-    with ``Secure``, ``Path=/`` and no ``Domain``, so a sibling subdomain cannot plant or
-    overwrite it. It carries no expiry: the server enforces idle and absolute timeouts.
+    The cookie's attributes:
+
+    * ``Secure`` by default (``secure=True``), whatever the request's scheme or host:
+      behind a TLS-terminating proxy the app sees plain HTTP, so the scheme proves
+      nothing. Local development over ``http://`` opts out with ``secure=False``
+      (the fridge example reads ``SESSION_COOKIE_SECURE=false`` from the environment);
+      browsers drop a ``Secure`` cookie set over plain HTTP except on localhost.
+    * Named ``__Host-<cookie_name>`` (``__Host-session``) when ``Secure``: browsers
+      accept that name only with ``Secure``, ``Path=/`` and no ``Domain``, so a sibling
+      subdomain can neither plant nor overwrite it. ``host_prefix`` defaults to
+      ``secure``; ``host_prefix=False`` keeps the plain name (for example while clients
+      still hold the old cookie), and ``host_prefix=True`` with ``secure=False`` is
+      refused, since browsers would reject every such cookie.
+    * ``HttpOnly``, ``SameSite=Lax`` (or ``same_site="strict"``), ``Path=/``, no
+      ``Domain`` and no expiry: the server enforces idle and absolute timeouts.
+
+    Every response that sets or clears the cookie carries ``Cache-Control: no-store``
+    (replacing the handler's, so no cache keeps a session id) and every response of a
+    request that used the session carries ``Vary: Cookie``.
+
+    When a client sends several cookies of the name, the first that is a live session
+    wins (at most :data:`MAX_COOKIE_CANDIDATES` are looked up). A database error while
+    the session is read leaves the cookie alone; only a session known not to exist is
+    cleared. Changes are saved only with a status below 400 (see :class:`HttpSession`).
+
+    With :class:`~aegis_shared.web.DatabaseSessionMiddleware` as well, add this one
+    after it (so it is the outer one): the request's transaction then ends before this
+    middleware deletes a session that a failed request started.
     """
 
     def __init__(
@@ -205,7 +338,8 @@ class SessionMiddleware:
         *,
         cookie_name: str = "session",
         same_site: Literal["lax", "strict"] = "lax",
-        host_prefix: bool = False,
+        host_prefix: bool | None = None,
+        secure: bool = True,
     ) -> None:
         if not isinstance(store, SessionStore):
             raise TypeError(f"SessionMiddleware needs a SessionStore, got {type(store).__name__}")
@@ -216,62 +350,111 @@ class SessionMiddleware:
             )
         if not cookie_name or cookie_name.startswith(_HOST_PREFIX):
             raise ValueError(
-                f"cookie_name={cookie_name!r}: give a plain name, and host_prefix=True for "
-                "the __Host- prefix"
+                f"cookie_name={cookie_name!r}: give a plain name; the __Host- prefix is "
+                "added when secure=True (host_prefix)"
+            )
+        if not isinstance(secure, bool):
+            raise TypeError(f"SessionMiddleware(secure=...) must be True or False, got {secure!r}")
+        if host_prefix is None:
+            host_prefix = secure
+        if host_prefix and not secure:
+            raise ValueError(
+                "host_prefix=True needs secure=True: browsers reject a __Host- cookie "
+                "without Secure, so no session would ever stick. Drop host_prefix for "
+                "development over plain http (secure=False)"
             )
         self.app = app
         self.store = store
         self.cookie_name = _HOST_PREFIX + cookie_name if host_prefix else cookie_name
         self.same_site = same_site
         self.host_prefix = host_prefix
+        self.secure = secure
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Give the request its session; save it and set the cookie when the response starts."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        connection = HTTPConnection(scope)
-        cookie = cookie_parser(connection.headers.get("cookie", "")).get(self.cookie_name)
-        session = HttpSession(self.store, cookie)
+        session = HttpSession(self.store, self._cookie_values(scope))
         scope.setdefault("state", {})[STATE_KEY] = session
-        secure = self.host_prefix or not _plain_http_to_loopback(connection)
+        started = False
 
         async def send_wrapper(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
-                value = await session._finish()
-                if value is not None:
-                    headers = list(message.get("headers", []))
-                    headers.append((b"set-cookie", self._cookie(value, secure).encode("latin-1")))
-                    message["headers"] = headers
+                started = True
+                value = await session._finish(int(message["status"]))
+                if value is not None or session._loaded:
+                    message["headers"] = self._headers(message.get("headers", []), value)
             await send(message)
 
-        await self.app(scope, receive, send_wrapper)
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except BaseException:
+            if not started:
+                # No response: the server answers 500. Nothing is saved (unless the
+                # handler asked), and a session this request started goes again.
+                try:
+                    await session._finish(None)
+                except Exception as exc:
+                    logger.warning(
+                        "could not finish the session of a failed request (%s)",
+                        type(exc).__name__,
+                    )
+            raise
 
-    def _cookie(self, value: str, secure: bool) -> str:
+    def _cookie_values(self, scope: Scope) -> list[str]:
+        """Every value of the session cookie in the request's Cookie headers, in order.
+
+        Not Starlette's ``cookie_parser``: it keeps only the last value of a name, and
+        the last one may be a sibling subdomain's.
+        """
+        values: list[str] = []
+        for name, header in scope.get("headers", []):
+            if name != b"cookie":
+                continue
+            for chunk in header.decode("latin-1").split(";"):
+                key, sep, value = chunk.partition("=")
+                if sep and key.strip() == self.cookie_name:
+                    value = value.strip()
+                    if len(value) >= 2 and value[0] == value[-1] == '"':
+                        value = value[1:-1]  # a quoted value; an id never needs quoting
+                    values.append(value)
+        return values
+
+    def _headers(self, headers: Any, value: str | None) -> list[tuple[bytes, bytes]]:
+        result: list[tuple[bytes, bytes]] = []
+        vary_done = False
+        for name, header in headers:
+            lower = name.lower()
+            if value is not None and lower == b"cache-control":
+                continue  # replaced by no-store below
+            if lower == b"vary" and not vary_done:
+                vary_done = True
+                tokens = {token.strip().lower() for token in header.split(b",")}
+                if not tokens & {b"cookie", b"*"}:
+                    header = header + b", Cookie"
+            result.append((name, header))
+        if not vary_done:
+            result.append((b"vary", b"Cookie"))
+        if value is not None:
+            result.append((b"cache-control", b"no-store"))
+            result.append((b"set-cookie", self._cookie(value).encode("latin-1")))
+        return result
+
+    def _cookie(self, value: str) -> str:
         cookie: SimpleCookie = SimpleCookie()
         cookie[self.cookie_name] = value
         morsel = cookie[self.cookie_name]
         morsel["path"] = "/"
         morsel["httponly"] = True
         morsel["samesite"] = self.same_site.capitalize()
-        if secure:
+        if self.secure:
             morsel["secure"] = True
         if not value:
             morsel["max-age"] = 0
             morsel["expires"] = "Thu, 01 Jan 1970 00:00:00 GMT"
         return morsel.OutputString()
-
-
-def _plain_http_to_loopback(connection: HTTPConnection) -> bool:
-    if connection.url.scheme != "http":
-        return False
-    host = connection.url.hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def current_session(request: HTTPConnection) -> HttpSession:
