@@ -536,3 +536,51 @@ async def test_responses_that_set_the_cookie_are_never_cached(site: Site) -> Non
 
         plain = await client.get("/plain")  # no session used: nothing added
         assert "vary" not in plain.headers and "cache-control" not in plain.headers
+
+
+# -- 6: CSRF comes with the session middleware --------------------------------------------------
+
+
+async def test_a_cross_origin_logout_is_refused_by_default(site: Site) -> None:
+    async with site.served() as client:
+        await start_session(client, {"user": "alice"})
+        forged = await client.post("/logout", headers={"Origin": "https://evil.example"})
+        assert forged.status_code == 403
+        assert forged.json()["error"] == "csrf"
+        assert set_cookies(forged) == []  # the cookie is left alone
+        fetched = await client.post("/logout", headers={"Sec-Fetch-Site": "cross-site"})
+        assert fetched.status_code == 403
+        assert len(await site.rows()) == 1  # the session is still there
+        same = await client.post("/logout", headers={"Origin": site.url})
+        assert same.status_code == 200
+    assert await site.rows() == []
+
+
+async def test_a_client_sending_no_browser_headers_passes(site: Site) -> None:
+    async with site.served() as client:
+        await start_session(client, {"user": "alice"})
+        assert (await client.post("/logout")).status_code == 200  # curl, a script
+    assert await site.rows() == []
+
+
+async def test_trusted_origins_pass_and_csrf_can_be_turned_off(make_db: MakeDb) -> None:
+    db = await make_db(SecBase.metadata)
+    trusting = Site(db, secure=False, trusted_origins=["https://admin.example"])
+    async with trusting.served() as client:
+        await start_session(client, {"user": "alice"})
+        passed = await client.post("/logout", headers={"Origin": "https://admin.example"})
+        assert passed.status_code == 200
+    off = Site(db, secure=False, csrf=False)
+    async with off.served() as client:
+        await start_session(client, {"user": "bob"})
+        passed = await client.post("/logout", headers={"Origin": "https://evil.example"})
+        assert passed.status_code == 200
+    assert await off.rows() == []
+
+
+def test_csrf_options_without_csrf_are_refused(db: DatabaseManager) -> None:
+    store = SessionStore(db, SecSession)
+    with pytest.raises(ValueError, match="csrf=False"):
+        SessionMiddleware(FastAPI(), store, csrf=False, trusted_origins=["https://a.example"])
+    with pytest.raises(ValueError, match="scheme://host"):
+        SessionMiddleware(FastAPI(), store, trusted_origins=["https://a.example/path"])

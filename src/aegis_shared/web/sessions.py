@@ -11,7 +11,7 @@ a handler depends on :func:`current_session`, and writes only what the handler c
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from http.cookies import SimpleCookie
 from typing import Any, Final, Literal
 
@@ -19,6 +19,7 @@ from starlette.requests import HTTPConnection
 
 from aegis_shared.sessions.ids import is_session_id, session_key
 from aegis_shared.sessions.store import SessionStore
+from aegis_shared.web.csrf import CSRFMiddleware, CSRFTokens
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -326,6 +327,13 @@ class SessionMiddleware:
     the session is read leaves the cookie alone; only a session known not to exist is
     cleared. Changes are saved only with a status below 400 (see :class:`HttpSession`).
 
+    Cross-site request forgery: with ``csrf=True`` (the default) unsafe requests that a
+    browser marks as coming from another origin are refused with a 403 before the app
+    runs (:class:`~aegis_shared.web.csrf.CSRFMiddleware`); ``trusted_origins`` lists the
+    other origins allowed (``["https://admin.example.com"]``) and ``csrf_tokens`` adds
+    form tokens (:class:`~aegis_shared.web.csrf.CSRFTokens`). ``csrf=False`` only when
+    another layer already does this.
+
     With :class:`~aegis_shared.web.DatabaseSessionMiddleware` as well, add this one
     after it (so it is the outer one): the request's transaction then ends before this
     middleware deletes a session that a failed request started.
@@ -340,6 +348,9 @@ class SessionMiddleware:
         same_site: Literal["lax", "strict"] = "lax",
         host_prefix: bool | None = None,
         secure: bool = True,
+        csrf: bool = True,
+        trusted_origins: Sequence[str] = (),
+        csrf_tokens: CSRFTokens | None = None,
     ) -> None:
         if not isinstance(store, SessionStore):
             raise TypeError(f"SessionMiddleware needs a SessionStore, got {type(store).__name__}")
@@ -363,7 +374,21 @@ class SessionMiddleware:
                 "without Secure, so no session would ever stick. Drop host_prefix for "
                 "development over plain http (secure=False)"
             )
-        self.app = app
+        if not isinstance(csrf, bool):
+            raise TypeError(f"SessionMiddleware(csrf=...) must be True or False, got {csrf!r}")
+        if not csrf and (trusted_origins or csrf_tokens is not None):
+            raise ValueError(
+                "trusted_origins and csrf_tokens configure the CSRF check, which csrf=False "
+                "turns off: drop them, or keep csrf=True"
+            )
+        # A cookie session is what makes cross-site requests dangerous, so its CSRF check
+        # comes with it: the app runs behind CSRFMiddleware unless csrf=False.
+        self.app: ASGIApp = (
+            CSRFMiddleware(app, trusted_origins=trusted_origins, tokens=csrf_tokens)
+            if csrf
+            else app
+        )
+        self.csrf = csrf
         self.store = store
         self.cookie_name = _HOST_PREFIX + cookie_name if host_prefix else cookie_name
         self.same_site = same_site
