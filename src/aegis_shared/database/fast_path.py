@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -170,6 +171,12 @@ def _compile(statement: Select[Any], dialect: Dialect) -> _Plan:
 #: A filter shape: (column key, "eq" | "null" | number of IN values).
 FilterShape = tuple[tuple[str, str | int], ...]
 
+#: Compiled statements one reader keeps; the least recently used goes first. Filters and
+#: orderings come from requests, so their shapes are open-ended: unbounded, a client
+#: sending new orderings grew the cache without end. An application's real shapes are a
+#: few dozen per model, and a shape pushed out only compiles again.
+MAX_PLANS: Final = 256
+
 
 class ModelReader:
     """Compiled statements and row conversion for one model on one dialect."""
@@ -177,7 +184,8 @@ class ModelReader:
     def __init__(self, mapper: Mapper[Any], dialect: Dialect) -> None:
         self.mapper = mapper
         self.dialect = dialect
-        self.plans: dict[Any, _Plan] = {}
+        #: (kind, shape) -> plan, most recently used last; at most MAX_PLANS of them.
+        self.plans: OrderedDict[Any, _Plan] = OrderedDict()
         self.eligible = self._eligible(mapper)
         if not self.eligible:
             return
@@ -244,9 +252,14 @@ class ModelReader:
     def plan(self, kind: str, shape: Any) -> _Plan:
         """The compiled statement of ``kind`` (get, list, count) for ``shape``."""
         key = (kind, shape)
-        found = self.plans.get(key)
+        plans = self.plans
+        found = plans.get(key)
         if found is None:
-            found = self.plans[key] = _compile(self._statement(kind, shape), self.dialect)
+            found = plans[key] = _compile(self._statement(kind, shape), self.dialect)
+            if len(plans) > MAX_PLANS:
+                plans.popitem(last=False)
+        else:
+            plans.move_to_end(key)
         return found
 
     def _statement(self, kind: str, shape: Any) -> Select[Any]:

@@ -13,11 +13,11 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, Literal, TypeVar, overload
+from typing import Any, ClassVar, Final, Generic, Literal, NoReturn, TypeVar, overload
 
 from sqlalchemy import Column, ColumnElement, Table, func, insert, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute, Mapper
+from sqlalchemy.orm import ColumnProperty, InstrumentedAttribute, Mapper
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.interfaces import ORMOption
 from sqlalchemy.orm.state import InstanceState
@@ -35,9 +35,20 @@ Filters = Mapping[str, Any]
 OrderBy = str | ColumnElement[Any] | InstrumentedAttribute[Any]
 
 
+#: Most terms one ``order_by`` may hold. Each distinct ordering compiles (and caches) its
+#: own statement, so an unbounded one lets a client grow memory at will; no listing needs
+#: more than a few tie-breakers.
+MAX_ORDER_BY_TERMS: Final = 8
+
+#: The allow-list class attributes of a repository, and what their names must be.
+_ALLOWLISTS: Final = (("filterable", "column"), ("sortable", "column"), ("writable", "field"))
+
 #: Model class -> mapper. A unit of work builds its repositories on every use, and
 #: sqlalchemy.inspect() was a tenth of a one-row read's own time.
 _mappers: weakref.WeakKeyDictionary[type, Mapper[Any]] = weakref.WeakKeyDictionary()
+#: Repository class -> the mapper its allow-lists were checked against (seed 001's
+#: construction names the model only in __init__, so the check cannot always run earlier).
+_checked: weakref.WeakKeyDictionary[type, Mapper[Any]] = weakref.WeakKeyDictionary()
 
 
 def _whole_number(name: str, value: Any, minimum: int) -> int:
@@ -50,6 +61,59 @@ def _whole_number(name: str, value: Any, minimum: int) -> int:
 def _order_name(item: str) -> tuple[str, bool]:
     """The column name in an ``order_by`` string and whether it sorts descending."""
     return item.lstrip("-+"), item.startswith("-")
+
+
+def _shown(name: Any) -> str:
+    """``name`` as an error message quotes it: a client may have sent it, so never long."""
+    text = repr(name)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _allowlist(owner: str, attribute: str, value: Any) -> frozenset[str] | None:
+    """A declared allow-list as a frozenset of names; TypeError for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"{owner}.{attribute} must be a set of attribute names, for example "
+            f"frozenset({{'name', 'age'}}), or None for every name; got {value!r}"
+        )
+    names = frozenset(value)
+    bad = sorted(repr(name) for name in names if not isinstance(name, str))
+    if bad:
+        raise TypeError(
+            f"{owner}.{attribute} must hold attribute names (str), got {', '.join(bad)}"
+        )
+    return names
+
+
+def _check_allowlists(repository: type, mapper: Mapper[Any]) -> None:
+    """TypeError unless every name a repository class allows is mapped on ``mapper``: a
+    column for ``filterable`` and ``sortable``, any mapped attribute for ``writable``.
+
+    Looks the names up without configuring the mappers, because it runs at class creation,
+    when models the mappers' relationships name may not be defined yet.
+    """
+    for attribute, kind in _ALLOWLISTS:
+        names: frozenset[str] | None = getattr(repository, attribute)
+        if names is None:
+            continue
+        wrong = []
+        for name in sorted(names):
+            prop = (
+                mapper.get_property(name, _configure_mappers=False)
+                if mapper.has_property(name)
+                else None
+            )
+            if prop is None or (kind == "column" and not isinstance(prop, ColumnProperty)):
+                wrong.append(repr(name))
+        if wrong:
+            model = mapper.class_.__name__
+            raise TypeError(
+                f"{repository.__name__}.{attribute} names {', '.join(wrong)}, which "
+                f"{'is' if len(wrong) == 1 else 'are'} not a mapped {kind} of {model}; "
+                f"allow only {kind}s of {model}, or set it to None for all of them"
+            )
 
 
 @dataclass(frozen=True)
@@ -91,6 +155,18 @@ class BaseRepository(Generic[ModelT]):
     default_limit: ClassVar[int] = 100
     #: Largest ``limit`` accepted; ``None`` takes the manager's ``max_page_size`` (1000).
     max_limit: ClassVar[int | None] = None
+    #: Columns ``filters`` may name (``list``, ``count``, ``exists``, ``paginate``);
+    #: ``None``: every column. Declare it when filters come from a request, so clients
+    #: cannot test values of columns they must not see.
+    filterable: ClassVar[frozenset[str] | None] = None
+    #: Columns ``order_by`` may name, in either direction (``"age"``, ``"-age"``); ``None``:
+    #: every column. Column objects (``User.age``) are code, not request input, and pass.
+    sortable: ClassVar[frozenset[str] | None] = None
+    #: Fields a mapping given to ``create`` or ``create_many``, or ``update(**fields)``, may
+    #: set; ``None``: every mapped attribute. Model instances are built by the application
+    #: and pass as they are; ``soft_delete`` and ``restore`` still set ``deleted_at``.
+    writable: ClassVar[frozenset[str] | None] = None
+    _declares_allowlists: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -99,6 +175,20 @@ class BaseRepository(Generic[ModelT]):
                 (arg,) = typing.get_args(base)
                 if isinstance(arg, type):
                     cls.model = arg
+        for attribute, _ in _ALLOWLISTS:
+            if attribute in cls.__dict__:
+                setattr(
+                    cls, attribute, _allowlist(cls.__name__, attribute, cls.__dict__[attribute])
+                )
+        cls._declares_allowlists = any(getattr(cls, name) is not None for name, _ in _ALLOWLISTS)
+        model = getattr(cls, "model", None)
+        if cls._declares_allowlists and isinstance(model, type):
+            mapper: Any = inspect(model, raiseerr=False)
+            if isinstance(mapper, Mapper):
+                # A name that is not mapped is a typo that would refuse every request using
+                # it: say so when the module is imported, not at the first request.
+                _check_allowlists(cls, mapper)
+                _checked[cls] = mapper
 
     def __init__(self, session: AsyncSession, model: type[ModelT] | None = None) -> None:
         if model is None:
@@ -114,6 +204,10 @@ class BaseRepository(Generic[ModelT]):
             if not isinstance(mapper, Mapper):
                 raise TypeError(f"{model!r} is not a mapped SQLAlchemy model class")
             _mappers[model] = mapper
+        cls = type(self)
+        if cls._declares_allowlists and _checked.get(cls) is not mapper:
+            _check_allowlists(cls, mapper)
+            _checked[cls] = mapper
         self.session = session
         self.model = model
         self._mapper: Mapper[Any] = mapper
@@ -124,11 +218,34 @@ class BaseRepository(Generic[ModelT]):
     def _name(self) -> str:
         return self.model.__name__
 
-    def _check_column(self, name: Any, purpose: str) -> str:
+    def _check_column(self, name: Any, purpose: str, allowed: frozenset[str] | None = None) -> str:
+        if allowed is not None:
+            if not isinstance(name, str) or name not in allowed:
+                self._refuse(f"{purpose} {_shown(name)}", allowed)
+            return name
         if not isinstance(name, str) or name not in self._mapper.column_attrs:
             known = ", ".join(sorted(self._mapper.column_attrs.keys()))
             raise ValueError(f"{self._name} has no column {name!r} to {purpose}; known: {known}")
         return name
+
+    def _refuse(self, what: str, allowed: frozenset[str]) -> NoReturn:
+        """ValueError: ``what`` is not among the ``allowed`` names.
+
+        The same words whether the name is a column or not, so the message tells a client
+        nothing about the columns it may not use.
+        """
+        names = ", ".join(sorted(allowed)) or "none"
+        raise ValueError(f"{type(self).__name__} does not allow {what}; allowed: {names}")
+
+    def _check_writable(self, names: Iterable[Any]) -> None:
+        """ValueError when ``writable`` is declared and leaves out one of ``names``."""
+        allowed = self.writable
+        if allowed is None:
+            return
+        refused = sorted({_shown(name) for name in names if name not in allowed})
+        if refused:
+            fields = "field" if len(refused) == 1 else "fields"
+            self._refuse(f"setting the {fields} {', '.join(refused)}", allowed)
 
     def _column(self, name: str, purpose: str) -> InstrumentedAttribute[Any]:
         attribute: InstrumentedAttribute[Any] = getattr(
@@ -143,7 +260,7 @@ class BaseRepository(Generic[ModelT]):
         if not isinstance(filters, Mapping):
             raise ValueError(f"filters must be a mapping of column name to value, got {filters!r}")
         for name in filters:
-            self._check_column(name, "filter on")
+            self._check_column(name, "filter on", self.filterable)
         return filters
 
     def _ranges(self) -> integer_ranges.ColumnRanges:
@@ -191,16 +308,28 @@ class BaseRepository(Generic[ModelT]):
             return []
         if isinstance(order_by, (str, ColumnElement, InstrumentedAttribute)):
             return [order_by]
-        return list(order_by)
+        items = list(order_by)
+        if len(items) > MAX_ORDER_BY_TERMS:
+            raise ValueError(
+                f"order_by takes at most {MAX_ORDER_BY_TERMS} columns, got {len(items)}; "
+                "sort on fewer columns"
+            )
+        return items
 
     def _order_keys(self, order_by: OrderBy | Sequence[OrderBy] | None) -> tuple[str, ...] | None:
         """``order_by`` checked, as names (``-name`` descending; the primary key when
         empty), or ``None`` when it holds column objects, which only the ORM compiles."""
         keys: list[str] | None = []
+        seen: set[str] = set()
         for item in self._order_items(order_by):
             if isinstance(item, str):
                 name, descending = _order_name(item)
-                self._check_column(name, "order by")
+                self._check_column(name, "order by", self.sortable)
+                if name in seen:
+                    # A second term on a column never changes the order; refusing it also
+                    # keeps clients from minting endless distinct orderings.
+                    raise ValueError(f"order_by names the column {name!r} twice; name it once")
+                seen.add(name)
                 if keys is not None:
                     keys.append(("-" if descending else "") + name)
             elif isinstance(item, (ColumnElement, InstrumentedAttribute)):
@@ -222,13 +351,14 @@ class BaseRepository(Generic[ModelT]):
         for item in self._order_items(order_by):
             if isinstance(item, str):
                 name, descending = _order_name(item)
-                column = self._column(name, "order by")
+                column = self._column(name, "order by")  # allowed: _order_keys checked it
                 ordering.append(column.desc() if descending else column.asc())
             else:
                 ordering.append(item)
         return ordering
 
     def _values(self, data: Mapping[str, Any], purpose: str) -> dict[str, Any]:
+        self._check_writable(data)
         known = self._mapper.attrs.keys()
         unknown = sorted(set(data) - set(known))
         if unknown:
@@ -311,6 +441,10 @@ class BaseRepository(Generic[ModelT]):
             )
         if not returning:
             items = list(entities)
+            if self.writable is not None:
+                for item in items:
+                    if isinstance(item, Mapping):
+                        self._check_writable(item)
             written = await bulk.insert_rows(
                 self.session, self._mapper, items, self._name, skip_duplicates=skip_duplicates
             )
@@ -418,10 +552,18 @@ class BaseRepository(Generic[ModelT]):
         self.session.sync_session._register_persistent(states)
 
     async def update(self, id: Any, /, **fields: Any) -> ModelT:
-        """Set ``fields`` on the row with ``id`` and flush; raises ``EntityNotFoundError``."""
+        """Set ``fields`` on the row with ``id`` and flush; raises ``EntityNotFoundError``.
+
+        With ``writable`` declared, only those fields (ValueError before any SQL).
+        """
+        return await self._update(id, fields, checked=True)
+
+    async def _update(self, id: Any, fields: dict[str, Any], *, checked: bool) -> ModelT:
+        """:meth:`update`; ``checked=False`` for the library's own fields (``deleted_at``),
+        which ``writable`` does not govern."""
         if not fields:
             raise ValueError(f"update() of {self._name} needs at least one field to set")
-        values = self._values(fields, "update")
+        values = self._values(fields, "update") if checked else dict(fields)
         pk_names = {col.key for col in self._mapper.primary_key if col.key is not None}
         changed_keys = sorted(pk_names & set(values))
         if changed_keys:
@@ -445,12 +587,13 @@ class BaseRepository(Generic[ModelT]):
         column = self._deleted_at()
         aware = isinstance(column.type, UTCDateTime) or getattr(column.type, "timezone", False)
         now = datetime.now(UTC)
-        return await self.update(id, deleted_at=now if aware else now.replace(tzinfo=None))
+        moment = now if aware else now.replace(tzinfo=None)
+        return await self._update(id, {"deleted_at": moment}, checked=False)
 
     async def restore(self, id: Any) -> ModelT:
         """Undo :meth:`soft_delete`."""
         self._deleted_at()
-        return await self.update(id, deleted_at=None)
+        return await self._update(id, {"deleted_at": None}, checked=False)
 
     async def delete(self, id: Any) -> None:
         """Delete the row with ``id`` (ORM cascades apply); raises ``EntityNotFoundError``."""
