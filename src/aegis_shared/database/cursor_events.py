@@ -125,6 +125,7 @@ async def send(
     *,
     rowcount: Callable[[T], int],
     stats: str,
+    hide_parameters: bool = False,
 ) -> T:
     """``await run(statement, parameters)``, the one driver call that sends ``statement``
     on ``on`` (a session's connection, or a pooled one checked out by the caller), shown to
@@ -137,6 +138,9 @@ async def send(
     listeners and then propagates unchanged: what the caller raises stays the caller's
     business (the fast path translates errors itself), so exceptions those listeners return
     are not substituted.
+
+    The echo log leaves the parameters out when ``hide_parameters`` is true or the engine
+    was built with ``hide_parameters=True``, in SQLAlchemy's words for it.
     """
     if not watched(engine):
         try:
@@ -156,7 +160,10 @@ async def send(
                 statement, parameters = fn(conn, cursor, statement, parameters, context, False)
         if conn._echo:
             conn._log_info(statement)
-            conn._log_parameters(parameters, stats, ismulti=False)
+            if hide_parameters:
+                conn._log_info("[%s] [SQL parameters hidden due to hide_parameters=True]", stats)
+            else:
+                conn._log_parameters(parameters, stats, ismulti=False)
         result = await run(statement, parameters)
         cursor.rowcount = rowcount(result)
         conn.dispatch.after_cursor_execute(conn, cursor, statement, parameters, context, False)

@@ -363,11 +363,18 @@ async def run(
 
 
 async def fetch(
-    engine: AsyncEngine, plan: _Plan, values: Mapping[str, Any]
+    engine: AsyncEngine,
+    plan: _Plan,
+    values: Mapping[str, Any],
+    *,
+    hide_parameters: bool = False,
 ) -> list[Any] | Unavailable:
     """Rows of ``plan`` as :func:`run` reads them, for a caller with no session and no
-    transaction to follow (the session store's lookups): no objects, nothing remembered."""
-    return await _execute(engine, plan.sql, plan.params(values))
+    transaction to follow (the session store's lookups): no objects, nothing remembered.
+
+    ``hide_parameters=True`` keeps the values out of the echo log, as the engine's own
+    ``hide_parameters`` does (the session store's digests)."""
+    return await _execute(engine, plan.sql, plan.params(values), hide_parameters)
 
 
 # When a check-out outside the greenlet needs I/O, SQLAlchemy closes the driver's connect
@@ -408,6 +415,7 @@ def _fetch_all(
     connection: PoolProxiedConnection,
     sql: str,
     params: list[Any],
+    hide_parameters: bool = False,
 ) -> Awaitable[list[Any]]:
     """The driver call of a fast read, seen by echo and the engine's cursor events.
 
@@ -421,15 +429,24 @@ def _fetch_all(
         return drivers.fetch_all(dialect_name, driver, statement, parameters)
 
     return cursor_events.send(
-        engine.sync_engine, connection, sql, params, run, rowcount=len, stats="fast path"
+        engine.sync_engine,
+        connection,
+        sql,
+        params,
+        run,
+        rowcount=len,
+        stats="fast path",
+        hide_parameters=hide_parameters,
     )
 
 
-async def _execute(engine: AsyncEngine, sql: str, params: list[Any]) -> list[Any] | Unavailable:
+async def _execute(
+    engine: AsyncEngine, sql: str, params: list[Any], hide_parameters: bool = False
+) -> list[Any] | Unavailable:
     dialect_name = engine.sync_engine.dialect.name
     connection = await _checkout(engine)
     try:
-        return await _fetch_all(engine, dialect_name, connection, sql, params)
+        return await _fetch_all(engine, dialect_name, connection, sql, params, hide_parameters)
     except Exception as exc:
         translated = driver_failure(engine, exc, connection.dbapi_connection)
         if isinstance(translated, DatabaseConnectionError):

@@ -12,17 +12,22 @@ Why writes look the way they do:
 * Every write to an existing session is ``UPDATE ... WHERE session_id = :key AND
   expires_at > :now``, never an upsert: a request that finishes after a logout, a
   rotation or an expiry changes no row, and cannot bring the old session back.
+* The store's statements carry session digests and session data, so they run on an
+  engine that hides its parameters: ``echo=True`` logs them as hidden, and a failing
+  statement's error (and so its traceback) does not include them.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import Table, bindparam, case, delete, func, insert, select, update
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aegis_shared.database import DatabaseManager, fast_path
 from aegis_shared.errors.exceptions import ConfigurationError
@@ -34,6 +39,28 @@ from aegis_shared.sessions.models import ServerSessionMixin, check_session_model
 #: Largest ``batch_size`` of :meth:`SessionStore.cleanup_expired`: a batch is meant to be
 #: one short transaction (and on SQLite and MariaDB one IN list of that many keys).
 MAX_CLEANUP_BATCH: Final = 10_000
+
+#: Default largest session document (its compact JSON text, UTF-8) a store accepts: a
+#: session is read on every request, so a large one costs every request.
+DEFAULT_MAX_DATA_BYTES: Final = 64 * 1024
+
+
+class SessionDataTooLargeError(ValueError):
+    """Session data is larger than the store's ``max_data_bytes``; nothing was written.
+
+    ``size`` and ``limit`` are in bytes of compact JSON text. Keep large things in tables
+    of their own (a ``SessionChildMixin`` model) and only their ids in the session.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"session data is {size} bytes of JSON, above this store's limit of {limit} "
+            "bytes; nothing was written. Store large values in their own table (a "
+            "SessionChildMixin model) and keep only their ids in the session, or raise "
+            "SessionStore(max_data_bytes=...)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +135,14 @@ def check_batch_size(batch_size: Any) -> int:
     return batch_size
 
 
+def _hiding_parameters(engine: AsyncEngine) -> AsyncEngine:
+    """A view of ``engine`` (same pool, dialect, listeners and options) whose statements
+    are logged, and whose errors are built, without their parameters."""
+    quiet = engine.execution_options()
+    quiet.sync_engine.hide_parameters = True
+    return quiet
+
+
 def _positive(name: str, value: Any, *, zero: bool = False) -> timedelta:
     if not isinstance(value, timedelta) or value < timedelta(0) or (not zero and not value):
         bound = ">= timedelta(0)" if zero else "> timedelta(0)"
@@ -143,6 +178,7 @@ class SessionStore:
         absolute_timeout: timedelta = timedelta(days=7),
         touch_interval: timedelta = timedelta(minutes=5),
         clock: Callable[[], datetime] = utcnow,
+        max_data_bytes: int = DEFAULT_MAX_DATA_BYTES,
     ) -> None:
         if not isinstance(db, DatabaseManager):
             raise TypeError(f"SessionStore needs a DatabaseManager, got {type(db).__name__}")
@@ -159,7 +195,21 @@ class SessionStore:
             )
         if not callable(clock):
             raise TypeError(f"SessionStore(clock=...) must be a callable, got {clock!r}")
+        if (
+            isinstance(max_data_bytes, bool)
+            or not isinstance(max_data_bytes, int)
+            or max_data_bytes < 2
+        ):
+            raise ConfigurationError(
+                f"SessionStore(max_data_bytes={max_data_bytes!r}) is invalid: pass a whole "
+                "number of bytes >= 2 (an empty session is 2), for example "
+                f"{DEFAULT_MAX_DATA_BYTES}"
+            )
+        #: Largest session data accepted by create() and save(), in bytes of compact JSON.
+        self.max_data_bytes = max_data_bytes
         self.db = db
+        self._quiet = _hiding_parameters(db.engine)
+        self._quiet_bind: Engine = self._quiet.sync_engine
         self.model = model
         self._mapper = mapper
         self._clock = clock
@@ -229,7 +279,9 @@ class SessionStore:
         reader = None if engine is None else self._reader(engine.sync_engine.dialect)
         if engine is None or reader is None:
             return fast_path.UNAVAILABLE
-        rows = await fast_path.fetch(engine, reader.plan("get", None), {"pk": key})
+        rows = await fast_path.fetch(
+            engine, reader.plan("get", None), {"pk": key}, hide_parameters=True
+        )
         if isinstance(rows, fast_path.Unavailable):
             return rows
         if not rows:
@@ -241,7 +293,7 @@ class SessionStore:
         values = await self._fast_load(key)
         if values is fast_path.UNAVAILABLE:
             async with self.db.session() as session:
-                result = await session.execute(self._select_sql, {"p_key": key})
+                result = await self._execute(session, self._select_sql, {"p_key": key})
                 values = result.mappings().first()
         return None if values is None else _Record.of(values)
 
@@ -257,10 +309,14 @@ class SessionStore:
             return None
         return key, record, now
 
+    async def _execute(self, session: Any, statement: Any, params: Any) -> Any:
+        """``session.execute`` on the engine that hides parameters (see the module doc)."""
+        return await session.execute(statement, params, bind_arguments={"bind": self._quiet_bind})
+
     async def _write(self, statement: Any, params: dict[str, Any]) -> int:
         """Run one write in its own transaction; the number of rows it matched."""
         async with self.db.session() as session:
-            return rows_matched(await session.execute(statement, params))
+            return rows_matched(await self._execute(session, statement, params))
 
     async def _touch(self, key: str, record: _Record, now: datetime) -> datetime | None:
         """Slide the expiry of a live session; its new expiry, or ``None`` if it is gone."""
@@ -268,20 +324,32 @@ class SessionStore:
         params = {"p_key": key, "p_now": now, "p_at": now, "p_expires": expires_at}
         return expires_at if await self._write(self._touch_sql, params) else None
 
-    @staticmethod
-    def _document(data: Mapping[str, Any] | None) -> dict[str, Any]:
+    def _document(self, data: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``data`` as the dict to store, once it is a mapping of JSON values within
+        ``max_data_bytes``; errors name types and sizes, never the values."""
         if data is None:
             return {}
         if not isinstance(data, Mapping):
             raise TypeError(
                 f"session data must be a mapping (a dict of JSON values), got {type(data).__name__}"
             )
-        return dict(data)
+        document = dict(data)
+        try:
+            text = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as exc:  # json's messages name types, not values
+            raise TypeError(f"session data must hold only JSON values: {exc}") from None
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > self.max_data_bytes:
+            raise SessionDataTooLargeError(size, self.max_data_bytes)
+        return document
 
     # -- the API --------------------------------------------------------------------------------
 
     async def create(self, data: Mapping[str, Any] | None = None) -> StoredSession:
-        """Start a new session holding ``data`` (a dict of JSON values); one INSERT."""
+        """Start a new session holding ``data`` (a dict of JSON values); one INSERT.
+
+        Raises :class:`SessionDataTooLargeError` (nothing written) for data above
+        ``max_data_bytes``."""
         document = self._document(data)
         session_id = new_session_id()
         now = self._now()
@@ -294,7 +362,7 @@ class SessionStore:
             "last_accessed": now,
         }
         async with self.db.session() as session:
-            await session.execute(self._insert_sql, values)
+            await self._execute(session, self._insert_sql, values)
         return StoredSession(session_id, document, now, expires_at, now)
 
     async def get(self, session_id: str | None) -> StoredSession | None:
@@ -325,7 +393,10 @@ class SessionStore:
 
     async def save(self, session_id: str | None, data: Mapping[str, Any]) -> bool:
         """Replace the data of a live session; ``False`` (and nothing written) when the
-        session is unknown, expired, deleted or rotated away."""
+        session is unknown, expired, deleted or rotated away.
+
+        Raises :class:`SessionDataTooLargeError` (nothing written) for data above
+        ``max_data_bytes``."""
         document = self._document(data)
         if not is_session_id(session_id):
             return False
@@ -345,9 +416,9 @@ class SessionStore:
         new_key = _digest(new_id)
         params = {"p_key": _digest(session_id), "p_now": self._now(), "p_new_key": new_key}
         async with self.db.session() as session:
-            if rows_matched(await session.execute(self._rotate_sql, params)) != 1:
+            if rows_matched(await self._execute(session, self._rotate_sql, params)) != 1:
                 return None
-            result = await session.execute(self._select_sql, {"p_key": new_key})
+            result = await self._execute(session, self._select_sql, {"p_key": new_key})
             record = _Record.of(result.mappings().one())
         return record.session(new_id)
 
