@@ -12,7 +12,13 @@ from typing import Any
 
 
 class DatabaseError(Exception):
-    """Root of every error raised by the aegis-shared data layer."""
+    """Root of every error raised by the aegis-shared data layer.
+
+    ``statement`` is the SQL of the failed statement when one was running (for logs only:
+    it is never part of the message, which may reach places the SQL should not).
+    """
+
+    statement: str | None = None
 
     def __init__(self, message: str, *, orig: BaseException | None = None) -> None:
         super().__init__(message)

@@ -83,8 +83,7 @@ MESSAGES: Mapping[str, str] = {
     "missing_value": "A required value is missing.",
     "invalid_value": "A value is outside what is allowed.",
     "constraint_violation": "The data breaks a rule of the database and was not saved.",
-    "conflict": "The request collided with a concurrent change and was not saved; "
-    "send it again.",
+    "conflict": "The request collided with a concurrent change and was not saved; send it again.",
     "busy": "The server is too busy to complete the request; try again shortly.",
     "outcome_unknown": "The connection to the database was lost while saving; the changes "
     "may or may not have been saved. Check before sending the request again.",
@@ -235,14 +234,13 @@ def error_body(error: BaseException, *, expose_details: bool = False) -> dict[st
 
 
 def _statement(error: BaseException) -> str | None:
-    """The SQL of the failed statement, from SQLAlchemy's error in the chain (its
-    parameters are row values and stay out)."""
+    """The SQL of the failed statement (its parameters are row values and stay out)."""
     seen: set[int] = set()
     item: BaseException | None = error
     while item is not None and id(item) not in seen:
         seen.add(id(item))
         statement = getattr(item, "statement", None)
-        if isinstance(item, sa_exc.StatementError) and statement:
+        if isinstance(item, (DatabaseError, sa_exc.StatementError)) and statement:
             return " ".join(str(statement).split())
         item = item.__cause__ or item.__context__
     return None
@@ -384,25 +382,38 @@ def _document(app: Any, table: Mapping[type[DatabaseError], int]) -> None:
         if code not in codes_by_status.setdefault(status, []):
             codes_by_status[status].append(code)
 
+    ref = {"$ref": f"#/components/schemas/{SCHEMA_NAME}"}
+
     def openapi() -> dict[str, Any]:
         schema: dict[str, Any] = original()
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
         schemas.setdefault(SCHEMA_NAME, _body_schema())
-        ref = {"$ref": f"#/components/schemas/{SCHEMA_NAME}"}
         for operations in schema.get("paths", {}).values():
             for method, operation in operations.items():
                 if method not in {"get", "put", "post", "delete", "patch", "head", "options"}:
                     continue
                 responses = operation.setdefault("responses", {})
                 for status, codes in sorted(codes_by_status.items()):
-                    responses.setdefault(
-                        str(status),
-                        {
-                            "description": "Database error: " + ", ".join(codes),
-                            "content": {"application/json": {"schema": ref}},
-                        },
-                    )
+                    _add_response(responses, str(status), "Database error: " + ", ".join(codes))
         return schema
+
+    def _add_response(responses: dict[str, Any], status: str, description: str) -> None:
+        documented = responses.get(status)
+        if documented is None:
+            responses[status] = {
+                "description": description,
+                "content": {"application/json": {"schema": ref}},
+            }
+            return
+        # The operation has its own body for this status (FastAPI's 422): either may come.
+        content = documented.setdefault("content", {}).setdefault("application/json", {})
+        existing = content.get("schema")
+        if existing is None:
+            content["schema"] = ref
+        elif existing != ref and ref not in existing.get("anyOf", []):
+            content["schema"] = {"anyOf": [existing, ref]}
+        if description not in documented.get("description", ""):
+            documented["description"] = f"{documented.get('description', '')}; {description}"
 
     app.openapi = openapi
 
