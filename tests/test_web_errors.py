@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel
-from sqlalchemy import CheckConstraint, Integer, MetaData, String, select
+from sqlalchemy import CheckConstraint, Integer, MetaData, String, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -26,15 +26,18 @@ from starlette.routing import Route
 from aegis_shared.database import DatabaseManager, get_session, with_db_retry
 from aegis_shared.errors.exceptions import (
     CheckViolationError,
+    CommitOutcomeUnknownError,
     ConflictRetriesExhaustedError,
     DatabaseError,
     DuplicateEntityError,
     EntityNotFoundError,
     IntegrityViolationError,
+    PoolTimeoutError,
     TransactionConflictError,
 )
 from aegis_shared.models import NAMING_CONVENTION
 from aegis_shared.web import DatabaseSessionMiddleware, install_error_handlers
+from aegis_shared.web.errors import MESSAGES, error_body, status_for, unique_fields
 from tests.faults import fault_proxy
 from tests.http import serve
 from tests.models import Account, Base, User, UserRepository
@@ -79,8 +82,8 @@ def _log_text(caplog: pytest.LogCaptureFixture) -> str:
 
 
 def _assert_clean(response: httpx.Response, *secrets: str) -> None:
-    for text in (*DRIVER_TEXT, *secrets):
-        assert text not in response.text, (text, response.text)
+    for banned in (*DRIVER_TEXT, *secrets):
+        assert banned not in response.text, (banned, response.text)
 
 
 def _users_app(**options: Any) -> FastAPI:
@@ -534,3 +537,75 @@ async def test_openapi_documents_the_error_body_on_every_operation(backend: str)
     assert {"$ref": "#/components/schemas/HTTPValidationError"} in options
     unvalidated = schema["paths"]["/before"]["get"]["responses"]["422"]
     assert "duplicate" in unvalidated["description"]
+
+
+# -- statement timeouts -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_statement_timeout_is_a_504_without_the_statement(
+    make_db: MakeDb, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = await make_db(statement_timeout=0.2)
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/slow")
+    async def slow() -> dict[str, Any]:
+        async with db.session() as session:
+            await session.execute(text("SELECT pg_sleep(5)"))
+        return {}
+
+    caplog.set_level(logging.INFO, logger=WEB_LOGGER)
+    async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.get("/slow")
+
+    assert response.status_code == 504
+    assert response.json() == {
+        "error": "timeout",
+        "detail": "The request took too long and was cancelled; try again later.",
+    }
+    _assert_clean(response, "pg_sleep", "statement_timeout", "DATABASE_")
+    logged = _log_text(caplog)
+    assert "504 timeout: QueryTimeoutError" in logged
+    assert "[SQL: SELECT pg_sleep(5)]" in logged
+
+
+# -- bodies of errors that need no server ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_bodies_of_errors_that_are_hard_to_provoke(backend: str) -> None:
+    lost = CommitOutcomeUnknownError("Connection lost during COMMIT to db.internal:5432")
+    assert error_body(lost) == {
+        "error": "outcome_unknown",
+        "detail": "The connection to the database was lost while saving; the changes may or "
+        "may not have been saved. Check before sending the request again.",
+    }
+    assert status_for(lost) == 503
+    assert error_body(PoolTimeoutError("all 5 pooled connections in use"))["error"] == "busy"
+
+    class AppSpecificError(DatabaseError):
+        """An app's own subclass: its nearest ancestor decides code and status."""
+
+    assert error_body(AppSpecificError("secret state"))["detail"] == MESSAGES["internal"]
+    assert status_for(AppSpecificError("x"), statuses={AppSpecificError: 418}) == 418
+    assert error_body(RuntimeError("anything"))["error"] == "internal"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_fields_are_sent_only_when_known_for_sure(backend: str) -> None:
+    def fields(**where: Any) -> list[str] | None:
+        return unique_fields(DuplicateEntityError("duplicate", **where))
+
+    assert fields(table="users", columns=("email",)) == ["email"]
+    assert fields(constraint="uq_users_email") == ["email"]  # MariaDB names only the key
+    assert fields(table="api_clients", columns=("name",)) == ["display_name"]
+    # A key every table has, an expression index, an unknown table or column: no guess.
+    assert fields(constraint="PRIMARY") is None
+    assert fields(table="users", columns=("lower(email)",)) is None
+    assert fields(table="no_such_table", columns=("email",)) is None
+    assert fields(table="users", columns=("email", "nickname")) is None
+    assert fields() is None
+    # Through error_body: no "fields" key at all rather than an empty or guessed one.
+    assert "fields" not in error_body(DuplicateEntityError("d", constraint="PRIMARY"))

@@ -246,7 +246,7 @@ def _statement(error: BaseException) -> str | None:
     return None
 
 
-def log_error(error: BaseException, status: int, code: str, where: str) -> None:
+def _log_error(error: BaseException, status: int, code: str, where: str) -> None:
     """Log what the client was not told: the exception's class and message (URLs masked)
     and the SQL; ERROR for a 5xx (with the traceback for ``internal``), INFO for a 4xx."""
     text = f"{where} answered {status} {code}: {type(error).__name__}: {mask_urls(str(error))}"
@@ -303,7 +303,8 @@ def install_error_handlers(
                   (``TransactionConflictError`` that was not retried)
     503           ``busy`` (conflict retries ran out, pool timeout), ``unavailable``
                   (connection failure, refused login), ``outcome_unknown`` (connection
-                  lost during COMMIT); with ``Retry-After: 1``
+                  lost during COMMIT); with ``Retry-After: 1`` except after a lost
+                  COMMIT
     504           ``timeout`` (statement timeout)
     500           ``internal`` (everything else: misuse, a bug)
     ============  ======================================================================
@@ -336,8 +337,10 @@ def install_error_handlers(
         assert isinstance(exc, DatabaseError)
         status = status_for(exc, statuses=table)
         code = error_code(exc)
-        log_error(exc, status, code, f"{request.method} {request.url.path}")
-        headers = {"Retry-After": "1"} if status == 503 else None
+        _log_error(exc, status, code, f"{request.method} {request.url.path}")
+        # Not after a lost COMMIT: the client must check what was saved before retrying.
+        retry = status == 503 and code != "outcome_unknown"
+        headers = {"Retry-After": "1"} if retry else None
         return JSONResponse(error_body(exc, expose_details=expose_details), status, headers)
 
     app.add_exception_handler(DatabaseError, handle)
