@@ -6,6 +6,7 @@ told must be in the ``aegis_shared.web`` log instead.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -609,3 +610,24 @@ def test_fields_are_sent_only_when_known_for_sure(backend: str) -> None:
     assert fields() is None
     # Through error_body: no "fields" key at all rather than an empty or guessed one.
     assert "fields" not in error_body(DuplicateEntityError("d", constraint="PRIMARY"))
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_fields_of_a_table_that_several_models_map_must_agree(backend: str) -> None:
+    class OtherBase(DeclarativeBase):
+        pass
+
+    class OtherUser(OtherBase):  # another app's "users", which calls the column "mail"
+        __tablename__ = "users"
+
+        id: Mapped[int] = mapped_column(primary_key=True)
+        mail: Mapped[str] = mapped_column("email", String(255), unique=True)
+
+    try:
+        assert unique_fields(DuplicateEntityError("d", table="users", columns=("email",))) is None
+        # It has no "name" column, so it is not the table that raised: tests.models' User is.
+        only = DuplicateEntityError("d", table="users", columns=("name",))
+        assert unique_fields(only) == ["name"]
+    finally:
+        del OtherUser, OtherBase
+        gc.collect()  # the registry is weakly held: later tests see one "users" model again

@@ -168,7 +168,7 @@ def _attribute_names(table: Table, columns: Iterable[str]) -> list[str] | None:
     for column_name in columns:
         column = table.c.get(column_name)
         if column is None:
-            return None  # an expression index ("lower(email)"), or a column not mapped
+            return None  # an expression index ("lower(email)"), or a column not in the table
         keys = set()
         for mapper in _mappers():
             if table in mapper.tables:
@@ -186,26 +186,34 @@ def unique_fields(error: IntegrityViolationError) -> list[str] | None:
     """The model attribute names behind a unique violation, when they are known for sure.
 
     From the table and columns the driver reported (PostgreSQL, SQLite) or from the key
-    name alone (MariaDB names only the key): looked up in the mapped models' tables.
-    ``None`` rather than a guess when the table, a column or the key is ambiguous.
+    name alone (MariaDB names only the key), looked up in the tables of the mapped models.
+    Several models may map a table of that name (two apps, two databases): a table without
+    those columns cannot be the one, and the others must all give the same names. ``None``
+    rather than a guess otherwise (an expression index, an unknown key or table, a column
+    no model maps).
     """
     candidates: list[tuple[Table, tuple[str, ...]]] = []
     if error.table:
-        candidates = [(t, error.columns) for t in _tables_named(error.table)]
-        if error.constraint and not error.columns:
+        named = {id(t) for t in _tables_named(error.table)}
+        if error.columns:
+            candidates = [(t, error.columns) for t in _tables_named(error.table)]
+        elif error.constraint:
             candidates = [
-                (t, cols)
-                for t, cols in _tables_with_constraint(error.constraint)
-                if t in {c[0] for c in candidates}
+                (t, cols) for t, cols in _tables_with_constraint(error.constraint) if id(t) in named
             ]
     elif error.constraint:
         candidates = [
             (t, error.columns or cols) for t, cols in _tables_with_constraint(error.constraint)
         ]
-    if len(candidates) != 1 or not candidates[0][1]:
-        return None
-    table, columns = candidates[0]
-    return _attribute_names(table, columns)
+    answers: set[tuple[str, ...]] = set()
+    for table, columns in candidates:
+        if not columns or any(c not in table.c for c in columns):
+            continue  # not the table that raised
+        names = _attribute_names(table, columns)
+        if names is None:
+            return None  # the table has the columns, but they map to no single attribute
+        answers.add(tuple(names))
+    return list(answers.pop()) if len(answers) == 1 else None
 
 
 # -- bodies and log lines ------------------------------------------------------------------
