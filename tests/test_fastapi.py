@@ -312,7 +312,7 @@ async def test_error_handlers_map_not_found_to_404(db: DatabaseManager) -> None:
     assert response.status_code == 404
     assert response.json() == {
         "detail": "User with id 4242 not found",
-        "error": "EntityNotFoundError",
+        "error": "not_found",
     }
 
 
@@ -333,7 +333,8 @@ async def test_error_handlers_map_duplicate_to_409_and_nothing_is_written(
         response = await client.post("/users")
 
     assert response.status_code == 409
-    assert response.json()["error"] == "DuplicateEntityError"
+    assert response.json()["error"] == "duplicate"
+    assert response.json()["fields"] == ["email"]
     assert await _emails(db) == []
     assert db.pool_status()["main"]["checked_out"] == 0
 
@@ -354,7 +355,7 @@ async def test_error_handlers_with_middleware_409_rolls_back(db: DatabaseManager
 
     assert ok.status_code == 200
     assert duplicate.status_code == 409
-    assert duplicate.json()["error"] == "DuplicateEntityError"
+    assert duplicate.json()["error"] == "duplicate"
     # The second request's first write succeeded before the duplicate; it was rolled back.
     assert await _emails(db) == ["first@example.com", "same@example.com"]
     assert db.pool_status()["main"]["checked_out"] == 0
@@ -398,7 +399,7 @@ async def test_get_session_without_configured_manager(no_default_manager: None) 
 
 
 async def test_get_session_without_configured_manager_through_error_handlers(
-    no_default_manager: None,
+    no_default_manager: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = _app(error_handlers=True)
 
@@ -409,9 +410,16 @@ async def test_get_session_without_configured_manager_through_error_handlers(
     async with _client(app) as client:
         response = await client.get("/users")
 
+    # A 500's body is generic; what to fix is in the server log.
     assert response.status_code == 500
-    assert response.json()["error"] == "DatabaseNotConfiguredError"
-    assert "configure_database" in response.json()["detail"]
+    assert response.json() == {
+        "error": "internal",
+        "detail": "The server could not complete the request.",
+    }
+    logged = [r for r in caplog.records if r.name == "aegis_shared.web"]
+    assert len(logged) == 1
+    assert "DatabaseNotConfiguredError" in logged[0].getMessage()
+    assert "configure_database" in logged[0].getMessage()
 
 
 # -- background pool ---------------------------------------------------------------------
@@ -449,7 +457,7 @@ async def test_get_background_session_works_while_the_main_pool_is_exhausted(
     assert logged.json()["pools"]["main"]["checked_out"] == 1
     # The main pool really was exhausted: a get_session request timed out waiting.
     assert starved.status_code == 503
-    assert starved.json()["error"] == "PoolTimeoutError"
+    assert starved.json()["error"] == "busy"
     assert db.pool_status()["background"]["checked_out"] == 0
     async with db.session() as session:
         paths = (await session.scalars(select(UserAccessLog.path))).all()

@@ -137,7 +137,7 @@ async def test_bad_requests_change_nothing(fridge: Fridge) -> None:
                 assert response.status_code == 422, (method, impossible)
         unknown = await client.post("/fridge/ingredients", json={"ingredient_ids": [MILK, 999]})
         assert unknown.status_code == 409
-        assert unknown.json()["error"] == "ForeignKeyViolationError"
+        assert unknown.json()["error"] == "invalid_reference"
         assert (await client.get("/fridge")).json()["ingredients"] == []
     assert await fridge.rows() == 0
 

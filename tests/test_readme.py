@@ -112,7 +112,7 @@ async def test_the_quick_start_runs_as_written(project: Path, db_url: URL, backe
     assert missing.status_code == 404
     assert missing.json() == {
         "detail": f"User with id {user_id + 1000} not found",
-        "error": "EntityNotFoundError",
+        "error": "not_found",
     }
 
     # Run again: it adds another user and exits cleanly (no unique clash, tables exist).

@@ -142,6 +142,10 @@ def _translator(options: EngineOptions) -> Any:
             if _commit_was_in_flight(original):
                 translated = commit_outcome_unknown(translated)
         translated.__cause__ = context.sqlalchemy_exception or original
+        if translated.statement is None and context.statement:
+            # SQLAlchemy re-chains the result to the driver error, losing its own (which
+            # holds the SQL): keep the statement for the server log.
+            translated.statement = context.statement
         return translated
 
     return translate

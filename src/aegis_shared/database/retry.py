@@ -21,6 +21,7 @@ from aegis_shared.database.registry import peek_database
 from aegis_shared.errors.exceptions import (
     CommitOutcomeUnknownError,
     ConfigurationError,
+    ConflictRetriesExhaustedError,
     DatabaseConnectionError,
     DatabaseLoginError,
     TransactionConflictError,
@@ -151,7 +152,10 @@ def with_db_retry(
     ``base_delay * backoff_factor ** (n - 1)``, capped at ``max_delay``; no attempt starts
     once ``deadline`` seconds have passed since the first began (or would pass during the
     wait). When the attempts run out the last error is raised (``DatabaseConnectionError``
-    for a connection failure), chained to its driver cause. Never retried: integrity
+    for a connection failure), chained to its driver cause; a transaction conflict that
+    was retried at least once and still failed becomes a
+    :class:`~aegis_shared.errors.exceptions.ConflictRetriesExhaustedError` (a subclass of
+    ``TransactionConflictError``, chained to the last conflict). Never retried: integrity
     errors, a refused login (``DatabaseLoginError``), a cancellation, and a COMMIT whose
     outcome is unknown unless ``idempotent=True``. Left out, each setting comes from the
     default manager when the call runs (``DATABASE_RETRY_ATTEMPTS``, ``..._BACKOFF``,
@@ -186,9 +190,22 @@ def with_db_retry(
                 before_sleep=_log_retry(name),
                 reraise=True,
             )
-            async for attempt in retrying:
-                with attempt:
-                    return await fn(*args, **kwargs)
+            ran = 0
+            try:
+                async for attempt in retrying:
+                    ran += 1
+                    with attempt:
+                        return await fn(*args, **kwargs)
+            except TransactionConflictError as error:
+                if ran < 2 or isinstance(error, ConflictRetriesExhaustedError):
+                    raise  # never retried (or marked by an inner retry): the plain conflict
+                # Retried and still colliding: contention, not the caller's mistake; the
+                # distinct class lets the HTTP layer answer 503 instead of 409.
+                raise ConflictRetriesExhaustedError(
+                    f"{error.message} Gave up after {ran} attempts.",
+                    attempts=ran,
+                    orig=error.orig,
+                ) from error
             raise AssertionError("unreachable: tenacity re-raises the last failure")
 
         return wrapper

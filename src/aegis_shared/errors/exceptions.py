@@ -12,7 +12,13 @@ from typing import Any
 
 
 class DatabaseError(Exception):
-    """Root of every error raised by the aegis-shared data layer."""
+    """Root of every error raised by the aegis-shared data layer.
+
+    ``statement`` is the SQL of the failed statement when one was running (for logs only:
+    it is never part of the message, which may reach places the SQL should not).
+    """
+
+    statement: str | None = None
 
     def __init__(self, message: str, *, orig: BaseException | None = None) -> None:
         super().__init__(message)
@@ -113,6 +119,21 @@ class TransactionConflictError(DatabaseError):
     SQLite busy). Retrying the whole transaction usually succeeds."""
 
 
+class ConflictRetriesExhaustedError(TransactionConflictError):
+    """:func:`~aegis_shared.database.with_db_retry` ran the work more than once and every
+    attempt ended in a transaction conflict, the last one included.
+
+    Raised in place of that last :class:`TransactionConflictError` (which is its
+    ``__cause__``; ``.orig`` is the same driver error) so that an HTTP layer can tell
+    "the server is too contended right now" (503) from a conflict the client caused (409).
+    ``attempts`` is how many attempts ran.
+    """
+
+    def __init__(self, message: str, *, attempts: int, orig: BaseException | None = None) -> None:
+        super().__init__(message, orig=orig)
+        self.attempts = attempts
+
+
 class PoolTimeoutError(DatabaseError):
     """No pooled connection became free within ``pool_timeout`` seconds."""
 
@@ -133,6 +154,7 @@ __all__ = [
     "CheckViolationError",
     "CommitOutcomeUnknownError",
     "ConfigurationError",
+    "ConflictRetriesExhaustedError",
     "DatabaseConnectionError",
     "DatabaseError",
     "DatabaseLoginError",

@@ -43,6 +43,19 @@ def mask_url(url: str | URL) -> str:
     return _QUERY_SECRET.sub(rf"\g<1>{MASK}", text)
 
 
+# A URL with credentials inside free text: scheme://, then no blanks or quotes.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def mask_urls(text: str) -> str:
+    """``text`` with every URL in it passed through :func:`mask_url`.
+
+    For messages that may quote a URL somewhere (a driver's error text, a log line), where
+    :func:`mask_url` alone would need the URL cut out first.
+    """
+    return _URL_IN_TEXT.sub(lambda found: mask_url(found.group(0)), text)
+
+
 def parse_url(url: str | URL, source: str = "DATABASE_URL") -> URL:
     """Parse ``url``; if it is not a URL, raise :class:`ConfigurationError` naming
     ``source`` (where the value came from) and showing the URL masked.
@@ -73,4 +86,4 @@ def parse_url(url: str | URL, source: str = "DATABASE_URL") -> URL:
     )
 
 
-__all__ = ["MASK", "URL_EXAMPLE", "mask_url", "parse_url"]
+__all__ = ["MASK", "URL_EXAMPLE", "mask_url", "mask_urls", "parse_url"]

@@ -15,6 +15,7 @@ from typing import Any
 from aegis_shared.database.manager import DatabaseManager
 from aegis_shared.database.registry import get_database
 from aegis_shared.database.request_scope import STATE_KEY, RequestSession, current_request_session
+from aegis_shared.web.errors import error_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -80,9 +81,9 @@ class DatabaseSessionMiddleware:
 
 
 async def _send_error(send: Send, exc: Exception) -> None:
-    body = json.dumps(
-        {"detail": f"The request's changes could not be saved: {exc}"}, ensure_ascii=False
-    ).encode()
+    # The same safe body as install_error_handlers gives (a code, fixed text, a duplicate's
+    # field names); the driver's text, which can quote rows, is only in the log above.
+    body = json.dumps(error_body(exc), ensure_ascii=False).encode()
     await send(
         {
             "type": "http.response.start",
