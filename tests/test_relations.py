@@ -13,9 +13,9 @@ import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, select
+from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, and_, insert, select
 from sqlalchemy.ext.asyncio import AsyncAttrs
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload
 
 from aegis_shared.database import BaseRepository, DatabaseManager, fast_path
 from aegis_shared.database.relations import MAX_LINK_IDS, LinkChanges
@@ -39,6 +39,14 @@ article_tags = Table(
     LinkBase.metadata,
     Column("article_id", ForeignKey("rl_articles.id", ondelete="CASCADE"), primary_key=True),
     Column("tag_id", ForeignKey("rl_tags.id", ondelete="CASCADE"), primary_key=True),
+)
+#: A link that needs a value of its own: link() cannot make one, counts still work.
+editors = Table(
+    "rl_editors",
+    LinkBase.metadata,
+    Column("article_id", ForeignKey("rl_articles.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", ForeignKey("rl_users.id", ondelete="CASCADE"), primary_key=True),
+    Column("role", String(20), nullable=False),
 )
 favorites = Table(
     "rl_favorites",
@@ -85,6 +93,13 @@ class LArticle(LinkBase):
     tags: Mapped[list[LTag]] = relationship(secondary=article_tags)
     favorited_by: Mapped[list[LUser]] = relationship(secondary=favorites)
     comments: Mapped[list[LComment]] = relationship(back_populates="article")
+    editors: Mapped[list[LUser]] = relationship(secondary=editors, viewonly=True)
+    #: Joins on more than the keys: a link by id could not say what the name must be.
+    training_tags: Mapped[list[LTag]] = relationship(
+        secondary=article_tags,
+        secondaryjoin=lambda: and_(LTag.id == article_tags.c.tag_id, LTag.name == "training"),
+        viewonly=True,
+    )
 
 
 class LComment(LinkBase):
@@ -302,12 +317,22 @@ BAD_CALLS: dict[str, tuple[Any, str]] = {
     "many-to-one count": (
         lambda a, u: a.count_links("author", [1]),
         "LArticle cannot use 'author': LArticle.author is many-to-one; read the foreign key "
-        "on LArticle itself; usable: comments, favorited_by, tags",
+        "on LArticle itself; usable: comments, editors, favorited_by, tags",
     ),
     "unknown count": (
         lambda a, u: u.count_links("friends", [1]),
         "LUser cannot use 'friends': LUser has no such relationship to count; usable: "
         "articles, followers, following",
+    ),
+    "viewonly link": (
+        lambda a, u: a.link("editors", 1, [1]),
+        "LArticle cannot use 'editors': rl_editors.role needs a value on every link; usable: "
+        "favorited_by, tags",
+    ),
+    "extra join conditions": (
+        lambda a, u: a.count_links("training_tags", [1]),
+        "LArticle cannot use 'training_tags': LArticle.training_tags has join conditions "
+        "beyond its keys; filter the rows yourself",
     ),
     "not a name": (lambda a, u: a.unlink(["tags"], 1, [1]), "LArticle cannot use ['tags']"),
     "None id": (lambda a, u: a.link("tags", None, [1]), "must be one LArticle id, got None"),
@@ -347,3 +372,32 @@ async def test_counts_inside_a_writing_unit_of_work_see_its_links(db: DatabaseMa
     async with db.session() as session:
         counts = await Articles(session).count_links("favorited_by", list(range(1, 41)))
         assert counts[2] == 2 and sum(counts.values()) == 2
+
+
+async def test_counts_work_where_links_cannot_be_written(db: DatabaseManager) -> None:
+    async with db.session() as session:
+        await session.execute(insert(editors), [{"article_id": 1, "user_id": 2, "role": "x"}])
+    async with db.session() as session:
+        assert await Articles(session).count_links("editors", [1, 2]) == {1: 1, 2: 0}
+
+
+async def test_links_of_a_row_made_in_the_same_unit_of_work(db: DatabaseManager) -> None:
+    async with db.session() as session:
+        article = await Articles(session).create({"id": 10, "title": "new", "author_id": 1})
+        assert await Articles(session).link("tags", article.id, [1, 3]) == 2
+    assert await rows(db, article_tags) == [(10, 1), (10, 3)]
+
+
+async def test_collections_the_session_loaded_are_read_again(db: DatabaseManager) -> None:
+    async with db.session() as session:
+        users = Users(session)
+        jake = await users.get_one(1, options=[selectinload(LUser.following)])
+        jane = await users.get_one(2, options=[selectinload(LUser.followers)])
+        assert (jake.following, jane.followers) == ([], [])
+        await users.link("following", 1, [2])
+        # Not the stale empty lists: loaded again, from this transaction.
+        assert [u.username for u in await jake.awaitable_attrs.following] == ["jane"]
+        assert [u.username for u in await jane.awaitable_attrs.followers] == ["jake"]
+        await users.set_links("following", 1, [])
+        assert await jake.awaitable_attrs.following == []
+        assert await jane.awaitable_attrs.followers == []

@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapper, RelationshipProperty
+from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.interfaces import MANYTOMANY, ONETOMANY
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -68,6 +69,9 @@ class Relation:
     many_to_many: bool
     #: Why ``link``/``unlink`` refuse this relationship, or ``None`` when they may write.
     unwritable: str | None
+    #: The keys of the relationships on the target that load the same links the other
+    #: way round (``followers`` for ``following``).
+    reverse: tuple[str, ...] = ()
 
 
 _relations: weakref.WeakKeyDictionary[Mapper[Any], dict[str, Relation | str]] = (
@@ -113,7 +117,14 @@ def _resolve(mapper: Mapper[Any], rel: RelationshipProperty[Any]) -> Relation | 
                 # MariaDB's INSERT IGNORE would fill it with a made-up value.
                 unwritable = f"{rel.secondary.name}.{column.name} needs a value on every link"
         assert isinstance(local, Column) and isinstance(remote, Column)
-        return Relation(rel.key, mapper, target, rel.secondary, local, remote, True, unwritable)
+        reverse = tuple(
+            other.key
+            for other in target.relationships
+            if other.secondary is rel.secondary and other is not rel
+        )
+        return Relation(
+            rel.key, mapper, target, rel.secondary, local, remote, True, unwritable, reverse
+        )
     if rel.direction is ONETOMANY and rel.secondary is None:
         table = target.local_table
         if len(rel.synchronize_pairs) != 1 or not isinstance(table, Table):
@@ -231,7 +242,39 @@ async def link(session: AsyncSession, mapper: Mapper[Any], key: str, id: Any, id
         return 0
     statement = _link_statement(rel, dialect, parent_id, targets)
     result = await session.execute(statement)
-    return int(getattr(result, "rowcount", 0))
+    added = int(getattr(result, "rowcount", 0))
+    if added:
+        _forget(session, rel, parent_id, targets)
+    return added
+
+
+def _forget(
+    session: AsyncSession, rel: Relation, parent_id: Any, targets: list[Any] | None
+) -> None:
+    """Expire the collections of these links that the session has loaded, so the next
+    read loads them again rather than showing them as they were before this call.
+
+    ``targets`` ``None``: any target may have changed (``set_links``). Expired, an
+    attribute reads again with ``await obj.awaitable_attrs.<name>`` or a query's
+    ``selectinload``, or raises RelationshipNotLoadedError: never a stale list.
+    """
+    sync = session.sync_session
+    identity_map = sync.identity_map
+    parent = identity_map.get(rel.parent.identity_key_from_primary_key((parent_id,)))
+    if parent is not None and rel.key in instance_state(parent).dict:
+        sync.expire(parent, [rel.key])
+    if not rel.reverse:
+        return
+    if targets is None:
+        loaded = [obj for obj in identity_map.values() if isinstance(obj, rel.target.class_)]
+    else:
+        keys = (rel.target.identity_key_from_primary_key((value,)) for value in targets)
+        loaded = [obj for key in keys if (obj := identity_map.get(key)) is not None]
+    for obj in loaded:
+        state = instance_state(obj).dict
+        stale = [key for key in rel.reverse if key in state]
+        if stale:
+            sync.expire(obj, stale)
 
 
 def _link_statement(rel: Relation, dialect: Dialect, parent_id: Any, targets: list[Any]) -> Any:
@@ -263,7 +306,10 @@ async def unlink(session: AsyncSession, mapper: Mapper[Any], key: str, id: Any, 
         return 0
     statement = delete(rel.holder).where(rel.local == parent_id, rel.remote.in_(targets))
     result = await session.execute(statement)
-    return int(getattr(result, "rowcount", 0))
+    removed = int(getattr(result, "rowcount", 0))
+    if removed:
+        _forget(session, rel, parent_id, targets)
+    return removed
 
 
 async def set_links(
@@ -296,13 +342,18 @@ async def set_links(
             select(func.count()).select_from(gone).scalar_subquery(),
         )
         row = (await session.execute(counts)).one()
-        return LinkChanges(int(row[0]), int(row[1]))
+        changes = LinkChanges(int(row[0]), int(row[1]))
+        if changes != (0, 0):
+            _forget(session, rel, parent_id, None)
+        return changes
     result = await session.execute(delete(rel.holder).where(condition))
     removed = int(getattr(result, "rowcount", 0))
     added = 0
     if targets:
         result = await session.execute(_link_statement(rel, dialect, parent_id, targets))
         added = int(getattr(result, "rowcount", 0))
+    if added or removed:
+        _forget(session, rel, parent_id, None)
     return LinkChanges(added, removed)
 
 
