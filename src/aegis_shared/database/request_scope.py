@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from aegis_shared.database.manager import DatabaseManager
-from aegis_shared.database.session import AegisSession, rollback_quietly
+from aegis_shared.database.session import AegisSession, claim_commit, rollback_quietly
 
 STATE_KEY = "aegis_shared.request_session"
 
@@ -42,6 +42,9 @@ class RequestSession:
             )
         if self._session is None:
             self._session = self._db.session_factory()
+            # The middleware commits at the end of the request (status < 400): a
+            # transaction() block or a wrapping unit of work inside it must not.
+            claim_commit(self._session, "DatabaseSessionMiddleware")
         return self._session
 
     async def finish(self, *, commit: bool) -> None:
