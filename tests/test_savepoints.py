@@ -66,6 +66,16 @@ class Article(Base):
     tags: Mapped[list[Tag]] = relationship(secondary=article_tags, order_by=Tag.id)
 
 
+class Bookmark(Base):
+    """A composite primary key: its reload after a rollback matches on both columns."""
+
+    __tablename__ = "sp_bookmarks"
+
+    author_id: Mapped[int] = mapped_column(ForeignKey("sp_authors.id"), primary_key=True)
+    article_id: Mapped[int] = mapped_column(ForeignKey("sp_articles.id"), primary_key=True)
+    note: Mapped[str] = mapped_column(String(100))
+
+
 class ArticleRepository(BaseRepository[Article]):
     pass
 
@@ -180,6 +190,30 @@ async def test_objects_changed_in_a_rolled_back_savepoint_hold_their_earlier_sta
     async with blog.session() as session:
         titles = (await session.scalars(select(Article.title).order_by(Article.id))).all()
         assert list(titles) == ["How to train", "Extra 0", "Extra 1", "Extra 2"]
+
+
+async def test_objects_with_a_composite_key_are_reloaded_in_one_statement(
+    blog: DatabaseManager,
+) -> None:
+    async with BlogUnitOfWork() as uow:
+        session = uow.session
+        jake = (await session.scalars(select(Author))).one()
+        first = (await session.scalars(select(Article))).one()
+        second = await uow.articles.create(Article(slug="second", title="S", author=jake))
+        marks = [
+            Bookmark(author_id=jake.id, article_id=first.id, note="read later"),
+            Bookmark(author_id=jake.id, article_id=second.id, note="great"),
+        ]
+        session.add_all(marks)
+        await session.flush()
+        with count_queries(blog) as counter, pytest.raises(Boom):
+            async with uow.savepoint():
+                for mark in marks:
+                    mark.note = "changed"
+                await session.flush()
+                raise Boom
+        assert select_verbs(counter.statements) == ["SELECT"]
+        assert [m.note for m in marks] == ["read later", "great"]
 
 
 async def test_object_deleted_in_a_rolled_back_savepoint_is_back_and_readable(

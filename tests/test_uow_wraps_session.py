@@ -22,6 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from aegis_shared.database import (
     BaseRepository,
     DatabaseManager,
+    TransactionManager,
     UnitOfWork,
     get_database,
     get_session,
@@ -73,10 +74,12 @@ async def names(db: DatabaseManager) -> list[str]:
         return list((await session.scalars(select(Item.name).order_by(Item.name))).all())
 
 
-def shop_app(*, middleware: bool, done: asyncio.Queue[str] | None = None) -> FastAPI:
+def shop_app(
+    *, middleware: bool, done: asyncio.Queue[str] | None = None, commit_on_success: bool = True
+) -> FastAPI:
     app = FastAPI()
     if middleware:
-        app.add_middleware(DatabaseSessionMiddleware)
+        app.add_middleware(DatabaseSessionMiddleware, commit_on_success=commit_on_success)
 
     def shop_uow(session: AsyncSession = Depends(get_session)) -> ShopUnitOfWork:  # noqa: B008
         return ShopUnitOfWork.wrap(session)
@@ -101,6 +104,15 @@ def shop_app(*, middleware: bool, done: asyncio.Queue[str] | None = None) -> Fas
     ) -> None:
         await add_item(uow, name)
         raise HTTPException(status_code=409, detail="changed my mind")
+
+    @app.post("/items/{name}/block-then-fail")
+    async def block_then_fail(
+        name: str,
+        session: AsyncSession = Depends(get_session),  # noqa: B008
+    ) -> None:
+        async with TransactionManager(session).transaction():
+            await ItemRepository(session).create({"name": name})
+        raise HTTPException(status_code=400, detail="invalid after all")
 
     @app.post("/unique/{name}", status_code=201)
     async def create_unique(
@@ -168,6 +180,16 @@ async def test_savepoint_retry_in_a_handler(shop: DatabaseManager) -> None:
     assert await names(shop) == ["plum", "plum-2"]
 
 
+async def test_transaction_block_in_a_handler_leaves_the_commit_to_the_middleware(
+    shop: DatabaseManager,
+) -> None:
+    async with serve(shop_app(middleware=True)) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/items/pear/block-then-fail")
+    assert response.status_code == 400
+    # The block was a SAVEPOINT in the request's transaction, which the 400 rolled back.
+    assert await names(shop) == []
+
+
 # -- in a request, without the middleware: the handler owns get_session's session ----------
 
 
@@ -182,6 +204,24 @@ async def test_wrapper_commits_a_session_nobody_claimed(shop: DatabaseManager) -
     # The handler committed before it raised: what a handler's own commit does too.
     assert failed.status_code == 409
     assert await names(shop) == ["apple", "pear"]
+
+
+async def test_transaction_block_commits_a_session_nobody_claimed(shop: DatabaseManager) -> None:
+    async with serve(shop_app(middleware=False)) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/items/pear/block-then-fail")
+    assert response.status_code == 400
+    assert await names(shop) == ["pear"]
+
+
+async def test_middleware_that_does_not_commit_leaves_the_commit_to_the_handler(
+    shop: DatabaseManager,
+) -> None:
+    app = shop_app(middleware=True, commit_on_success=False)
+    async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/items/apple")
+    assert response.status_code == 201
+    assert response.json()["in_transaction"] is False  # uow.commit() committed
+    assert await names(shop) == ["apple"]
 
 
 # -- background work ------------------------------------------------------------------------
@@ -236,6 +276,15 @@ async def test_leaving_a_wrapper_block_neither_commits_nor_closes(shop: Database
                 pass
         await session.commit()
     assert await names(shop) == ["lime"]
+
+
+async def test_wrap_with_write_after_the_first_statement_is_refused(
+    shop: DatabaseManager,
+) -> None:
+    async with shop.session_factory() as session:
+        await session.execute(select(func.count()).select_from(Item))
+        with pytest.raises(UnitOfWorkStateError, match="too late"):
+            ShopUnitOfWork.wrap(session, write=True)
 
 
 async def test_wrap_refuses_db_and_session_together(shop: DatabaseManager) -> None:
