@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Column, ForeignKey, Integer, String, Table, inspect, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload
 
 from aegis_shared.database import (
@@ -245,11 +246,24 @@ async def test_object_added_in_a_rolled_back_savepoint_is_transient_and_can_be_a
                 raise Boom  # ... and is undone
         assert inspect(article).transient
         assert (article.slug, article.title, article.author.username) == ("fresh", "Fresh", "jake")
+        assert article.tags == []  # no lazy load attempted for a transient object
         assert await slugs(blog) == ["how-to-train"]
         async with uow.savepoint():
             await uow.articles.create(article)
         await uow.commit()
     assert await slugs(blog) == ["fresh", "how-to-train"]
+
+
+async def test_objects_are_reloaded_on_a_plain_async_session_too(blog: DatabaseManager) -> None:
+    # Without the library's session class an expired attribute raises MissingGreenlet.
+    async with AsyncSession(blog.engine, expire_on_commit=False) as session:
+        article = (await session.scalars(select(Article))).one()
+        with pytest.raises(Boom):
+            async with TransactionManager(session).savepoint():
+                article.title = "changed"
+                await session.flush()
+                raise Boom
+        assert article.title == "How to train"
 
 
 # -- who commits ----------------------------------------------------------------------------
