@@ -269,7 +269,7 @@ async def test_leaving_a_wrapper_block_neither_commits_nor_closes(shop: Database
         # The opener decides what happens to the work; the session is still usable.
         assert await session.scalar(select(func.count()).select_from(Item)) == 1
         assert await names(shop) == []
-        with pytest.raises(UnitOfWorkStateError, match="after its block ended"):
+        with pytest.raises(UnitOfWorkStateError, match=r"after its block ended; wrap the"):
             _ = uow.items
         with pytest.raises(UnitOfWorkStateError):
             async with uow:

@@ -189,11 +189,11 @@ class UnitOfWork:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _outside_message(self, what: str) -> str:
+        name = type(self).__name__
         when = "before its async with block" if self._state == "new" else "after its block ended"
-        return (
-            f"{type(self).__name__}.{what} was used {when}; use it inside "
-            f"'async with {type(self).__name__}() as uow:'"
-        )
+        if self._wraps:
+            return f"{name}.{what} was used {when}; wrap the session again: {name}.wrap(session)"
+        return f"{name}.{what} was used {when}; use it inside 'async with {name}() as uow:'"
 
     @property
     def session(self) -> AegisSession:
