@@ -270,6 +270,7 @@ async def test_objects_are_reloaded_on_a_plain_async_session_too(blog: DatabaseM
 
 
 async def test_savepoint_never_commits_even_outermost(blog: DatabaseManager) -> None:
+    calls: list[str] = []
     async with blog.session_factory() as session:
         tm = TransactionManager(session)
         async with tm.savepoint() as inside:
@@ -277,10 +278,13 @@ async def test_savepoint_never_commits_even_outermost(blog: DatabaseManager) -> 
             assert tm.depth == 1
             jake = (await session.scalars(select(Author))).one()
             session.add(Article(slug="pending", title="Pending", author=jake))
+            tm.on_commit(lambda: calls.append("committed"))
         assert tm.depth == 0
         assert session.in_transaction()
         assert await slugs(blog) == ["how-to-train"]
-        await session.commit()
+        assert calls == []
+        await session.commit()  # the opener's commit, and only then the callback
+        assert calls == ["committed"]
     assert await slugs(blog) == ["how-to-train", "pending"]
 
 
