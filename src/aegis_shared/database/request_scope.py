@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from aegis_shared.database.manager import DatabaseManager
-from aegis_shared.database.session import AegisSession, rollback_quietly
+from aegis_shared.database.session import AegisSession, claim_commit, rollback_quietly
 
 STATE_KEY = "aegis_shared.request_session"
 
@@ -21,8 +21,11 @@ STATE_KEY = "aegis_shared.request_session"
 class RequestSession:
     """A lazily opened session bound to one request; the middleware ends it."""
 
-    def __init__(self, db: DatabaseManager) -> None:
+    def __init__(self, db: DatabaseManager, *, commits: bool = True) -> None:
+        """``commits``: the middleware commits the session at the end of the request, so it
+        claims the commit (``commit_on_success=False`` leaves it to the handler)."""
         self._db = db
+        self._commits = commits
         self._session: AegisSession | None = None
         self.finished = False
 
@@ -42,6 +45,10 @@ class RequestSession:
             )
         if self._session is None:
             self._session = self._db.session_factory()
+            if self._commits:
+                # The middleware commits at the end of the request (status < 400): a
+                # transaction() block or a wrapping unit of work inside it must not.
+                claim_commit(self._session, "DatabaseSessionMiddleware")
         return self._session
 
     async def finish(self, *, commit: bool) -> None:

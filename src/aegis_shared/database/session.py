@@ -33,6 +33,26 @@ from aegis_shared.errors.exceptions import RelationshipNotLoadedError
 CLOSED_KEY = "aegis.closed"
 #: Present in ``session.info`` while the session's transaction holds a connection.
 HOLDS_CONNECTION_KEY = "aegis.holds_connection"
+#: In ``session.info``: who commits the session's outermost transaction (see claim_commit).
+COMMIT_OWNER_KEY = "aegis.commit_owner"
+
+
+def claim_commit(session: AsyncSession, owner: str) -> None:
+    """Record that ``owner`` (a name for messages, e.g. ``"AppUnitOfWork"``) commits the
+    outermost transaction of ``session``, the one it opened.
+
+    Code handed such a session joins that transaction instead of ending it: inside it
+    ``TransactionManager.transaction()`` is a SAVEPOINT, and a unit of work wrapping the
+    session only flushes on ``commit()``. A session nobody claimed is its caller's to
+    commit (``db.session_factory()``, ``get_session`` without the middleware).
+    """
+    session.info[COMMIT_OWNER_KEY] = owner
+
+
+def commit_owner(session: AsyncSession) -> str | None:
+    """Who claimed the outermost commit of ``session`` (:func:`claim_commit`), if anyone."""
+    owner = session.info.get(COMMIT_OWNER_KEY)
+    return owner if isinstance(owner, str) else None
 
 
 def as_statement(statement: Executable | str) -> Executable:

@@ -51,7 +51,7 @@ class DatabaseSessionMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        holder = RequestSession(self.db or get_database())
+        holder = RequestSession(self.db or get_database(), commits=self.commit_on_success)
         scope.setdefault("state", {})[STATE_KEY] = holder
         token = current_request_session.set(holder)
         replaced = False
