@@ -59,11 +59,12 @@ async def seed(db: DatabaseManager) -> None:
         jake = ConduitUser(username="jake", email="jake@example.com", bio="I work at statefarm")
         ann = ConduitUser(username="ann", email="ann@example.com", bio="Writer")
         bob = ConduitUser(username="bob", email="bob@example.com", bio=None)
+        # Set before the first flush: appending to a loaded collection would lazy-load it.
+        jake.following = [ann]
+        bob.following = [ann]
+        ann.following = [jake]
         session.add_all([jake, ann, bob])
         await session.flush()
-        jake.following.append(ann)
-        bob.following.append(ann)
-        ann.following.append(jake)
         dragons, training, sale = Tag(name="dragons"), Tag(name="training"), Tag(name="50%_off")
         articles = [
             Article(
@@ -73,14 +74,18 @@ async def seed(db: DatabaseManager) -> None:
                 tags=[dragons, training],
                 favorited_by=[ann, bob],
             ),
-            Article(slug="dragons-101", title="Dragons 101", author=ann, tags=[dragons]),
+            Article(
+                slug="dragons-101",
+                title="Dragons 101",
+                author=ann,
+                tags=[dragons],
+                favorited_by=[jake],
+            ),
             Article(slug="sale", title="50%_off everything", author=bob, tags=[sale]),
             Article(slug="untitled", title="Untitled", author=ann),
         ]
-        for article in articles:
-            session.add(article)
-            await session.flush()  # ids 1..4 in this order on every backend
-        articles[1].favorited_by.append(jake)
+        session.add_all(articles)  # inserted in this order: ids 1..4 (checked below)
+        await session.flush()
         session.add_all(
             [
                 Comment(body="Nice one!", article=articles[0], author=ann),

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, NoReturn
+from typing import Any, Final, NoReturn
 
 from sqlalchemy import Boolean, String, and_, bindparam, false, func, literal, not_
 from sqlalchemy.engine import Dialect
@@ -321,13 +321,17 @@ def check_where(where: Sequence[Any] | None) -> tuple[ColumnElement[bool], ...]:
         raise ValueError(
             f"where takes a list of SQL expressions (User.age >= 18), got {shown(where)}"
         )
+    checked: list[ColumnElement[bool]] = []
     for item in where:
-        if not isinstance(item, ColumnElement):
+        # A boolean column as a mapped attribute (User.active) stands for its expression.
+        expression = item.__clause_element__() if hasattr(item, "__clause_element__") else item
+        if not isinstance(expression, ColumnElement):
             raise ValueError(
                 f"where takes SQL expressions (User.age >= 18, or_(...)), got {shown(item)}; "
                 "plain values belong in filters"
             )
-    return tuple(where)
+        checked.append(expression)
+    return tuple(checked)
 
 
 # -- statements ---------------------------------------------------------------------------------
@@ -371,7 +375,7 @@ class CaseSensitiveMatch(ColumnElement[bool]):
 
     __visit_name__ = "aegis_case_sensitive_match"
     inherit_cache = True
-    _traverse_internals: ClassVar[Any] = [
+    _traverse_internals = [  # noqa: RUF012 (SQLAlchemy reads it as a class attribute)
         ("column", InternalTraversal.dp_clauseelement),
         ("pattern", InternalTraversal.dp_clauseelement),
     ]
@@ -431,11 +435,12 @@ def clauses(
 def _clause(
     mapper: Mapper[Any], term: Term, index: int, bound: tuple[Any, ...] | None
 ) -> ColumnElement[bool]:
-    attributes: list[InstrumentedAttribute[Any]] = []
+    steps: list[tuple[InstrumentedAttribute[Any], bool]] = []
     current = mapper
     for key in term.path:
-        attributes.append(getattr(current.class_, key))
-        current = current.relationships[key].mapper
+        relationship = current.relationships[key]
+        steps.append((getattr(current.class_, key), bool(relationship.uselist)))
+        current = relationship.mapper
     column: InstrumentedAttribute[Any] = getattr(current.class_, term.column)
     column_type = current.column_attrs[term.column].columns[0].type
 
@@ -473,12 +478,9 @@ def _clause(
         condition = func.lower(column).like(func.lower(value(0, String())), escape=ESCAPE)
     else:  # pragma: no cover - parse() makes only the ops above
         raise AssertionError(op)
-    for attribute in reversed(attributes):
+    for attribute, to_many in reversed(steps):
         # EXISTS, never a join: a to-many path cannot repeat rows.
-        if attribute.property.uselist:
-            condition = attribute.any(condition)
-        else:
-            condition = attribute.has(condition)
+        condition = attribute.any(condition) if to_many else attribute.has(condition)
     return condition
 
 
