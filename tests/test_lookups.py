@@ -248,6 +248,14 @@ BAD: dict[str, tuple[Callable[[ArticleRepository], Awaitable[Any]], str]] = {
     "eq a list": (lambda r: r.list(filters={"id__eq": [1, 2]}), "use __in"),
     "contains a number": (lambda r: r.list(filters={"title__contains": 5}), "takes text"),
     "like ending in escape": (lambda r: r.list(filters={"title__like": "50/"}), "escape"),
+    "text lookup on a number": (
+        lambda r: r.list(filters={"id__contains": "1"}),
+        "id__contains: __contains matches text, and Article.id is not a text column",
+    ),
+    "text lookup through a path": (
+        lambda r: r.count({"favorited_by__id__like": "1%"}),
+        "ConduitUser.id is not a text column",
+    ),
     "unknown lookup": (
         lambda r: r.list(filters={"title__icontain": "x"}),
         "'icontain' after the column Article.title is not a lookup",

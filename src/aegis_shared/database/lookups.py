@@ -23,9 +23,11 @@ Text matching, on SQLite, PostgreSQL and MariaDB alike:
 * ``__like`` (case-sensitive) and ``__ilike`` take a pattern: ``%`` any text, ``_`` one
   character, ``/`` escapes the next character (``50/%`` is the text ``50%``).
 
+Text lookups take text columns only (ValueError for others, before any SQL).
 Case-sensitive matching is ``LIKE`` on PostgreSQL, ``LIKE`` under the ``utf8mb4_bin``
-collation on MariaDB (whose default collations ignore case) and ``GLOB`` on SQLite (whose
-``LIKE`` ignores ASCII case); the pattern is translated for ``GLOB`` as it is bound.
+collation on MariaDB (whose default collations ignore case; the columns must be utf8mb4,
+the library's connection character set) and ``GLOB`` on SQLite (whose ``LIKE`` ignores
+ASCII case); the pattern is translated for ``GLOB`` as it is bound.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
-from sqlalchemy import Boolean, String, and_, bindparam, false, func, literal, not_
+from sqlalchemy import Boolean, Enum, String, and_, bindparam, false, func, literal, not_
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import InstrumentedAttribute, Mapper
@@ -298,11 +300,25 @@ def parse(
         field, lookup = split(name, mapper)
         if allowed is not None and field not in allowed:
             refuse(f"{purpose} {shown(field)}")
-        path, column, _ = _resolve(mapper, field, lookup, purpose)
+        path, column, last = _resolve(mapper, field, lookup, purpose)
+        if lookup in _TEXT_LOOKUPS and not _is_text(last.column_attrs[column].columns[0].type):
+            raise ValueError(
+                f"{name}: __{lookup} matches text, and {last.class_.__name__}.{column} is "
+                "not a text column; compare it with __eq, __in, __lt, ..."
+            )
         op, bound = _term(name, path, column, lookup, value)
         terms.append(Term(path, column, op, len(bound), exclude))
         values.append(bound)
     return terms, values
+
+
+_TEXT_LOOKUPS: Final = frozenset({"like", "ilike", *_TEXT})
+
+
+def _is_text(column_type: Any) -> bool:
+    """True for a column type that stores text (also behind a TypeDecorator)."""
+    impl = getattr(column_type, "impl_instance", column_type)
+    return isinstance(impl, String) and not isinstance(impl, Enum)
 
 
 def target(mapper: Mapper[Any], path: Sequence[str]) -> Mapper[Any]:
