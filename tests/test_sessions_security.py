@@ -584,3 +584,25 @@ def test_csrf_options_without_csrf_are_refused(db: DatabaseManager) -> None:
         SessionMiddleware(FastAPI(), store, csrf=False, trusted_origins=["https://a.example"])
     with pytest.raises(ValueError, match="scheme://host"):
         SessionMiddleware(FastAPI(), store, trusted_origins=["https://a.example/path"])
+
+
+# -- 8: a session too large to keep ---------------------------------------------------------------
+
+
+async def test_session_data_over_the_limit_is_a_413_and_nothing_is_kept(make_db: MakeDb) -> None:
+    site = Site(await make_db(SecBase.metadata), secure=False)
+    site.store.max_data_bytes = 1024
+    async with site.served() as client:
+        cookie = await start_session(client, {"user": "alice"})
+        too_big = await client.post("/data", json={"blob": "x" * 5000})
+        assert too_big.status_code == 413
+        assert too_big.json()["error"] == "session_too_large"
+        assert "x" * 20 not in too_big.text
+        assert set_cookies(too_big) == []
+        assert (await client.get("/data")).json()["data"] == {"user": "alice"}
+        async with site.other_client() as anonymous:
+            refused = await anonymous.post("/data", json={"blob": "y" * 5000})
+            assert refused.status_code == 413 and set_cookies(refused) == []
+    rows = await site.rows()
+    assert len(rows) == 1 and rows[0].data == {"user": "alice"}  # no row for the anonymous
+    assert cookie

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -152,6 +152,21 @@ async def test_echo_logs_the_store_statements_without_their_parameters(
         )
     assert "control-value-42" in caplog.text
     assert db.engine.sync_engine.hide_parameters is False
+
+
+async def test_cleanup_logs_its_batches_without_the_session_keys(
+    make_db: MakeDb, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = await make_db(PrivacyBase.metadata, echo=True)
+    clock = [datetime(2026, 1, 1, tzinfo=UTC)]
+    store = SessionStore(db, PrivateSession, clock=lambda: clock[0])
+    created = [await store.create({"note": MARKER}) for _ in range(3)]
+    clock[0] += timedelta(days=30)
+    caplog.set_level(logging.INFO, logger="sqlalchemy.engine")
+    assert await store.cleanup_expired(batch_size=2) == 3
+    assert "DELETE FROM pv_sessions" in caplog.text
+    for stored in created:
+        assert session_key(stored.id) not in caplog.text
 
 
 async def test_a_failing_store_statement_carries_no_parameters(db: DatabaseManager) -> None:

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any, Final, cast
 
 from sqlalchemy import Table, bindparam, delete, select, text
-from sqlalchemy.engine import CursorResult
+from sqlalchemy.engine import CursorResult, Engine
 
 from aegis_shared.database import DatabaseManager
 from aegis_shared.models.types import UTCDateTime
@@ -104,7 +104,12 @@ async def _delete_postgresql(
 
 
 async def _delete_by_keys(
-    db: DatabaseManager, table: Table, now: datetime, batch_size: int, on_batch: OnBatch
+    db: DatabaseManager,
+    table: Table,
+    now: datetime,
+    batch_size: int,
+    on_batch: OnBatch,
+    quiet: Engine | None,
 ) -> int:
     expired = table.c.expires_at <= bindparam("p_now", type_=UTCDateTime())
     pick = select(table.c.session_id).where(expired).order_by(table.c.expires_at).limit(batch_size)
@@ -118,7 +123,11 @@ async def _delete_by_keys(
         if not keys:
             break
         async with db.background_session() as session:
-            removed = rows_matched(await session.execute(remove, {"p_keys": keys, "p_now": now}))
+            # The keys are session digests: with ``quiet`` (an engine that hides parameters)
+            # they stay out of the echo log and of error messages.
+            bind = {} if quiet is None else {"bind_arguments": {"bind": quiet}}
+            params = {"p_keys": keys, "p_now": now}
+            removed = rows_matched(await session.execute(remove, params, **bind))
         deleted += removed
         if on_batch is not None:
             on_batch(removed)
@@ -135,15 +144,18 @@ async def delete_expired(
     now: datetime,
     batch_size: int,
     on_batch: OnBatch = None,
+    quiet: Engine | None = None,
 ) -> int:
     """Delete the sessions of ``table`` that expired at ``now`` (and, by cascade, their
     children) in transactions of about ``batch_size`` rows; returns how many were deleted.
 
     ``on_batch(removed)`` is called after each committed batch, for progress reports.
+    ``quiet``, a view of the background engine that hides parameters, runs the statements
+    that carry session keys.
     """
     if db.dialect_name == "postgresql":
         deleted = await _delete_postgresql(db, table, now, batch_size, on_batch)
     else:
-        deleted = await _delete_by_keys(db, table, now, batch_size, on_batch)
+        deleted = await _delete_by_keys(db, table, now, batch_size, on_batch, quiet)
     logger.debug("deleted %d expired sessions from %s", deleted, table.name)
     return deleted

@@ -210,6 +210,7 @@ class SessionStore:
         self.db = db
         self._quiet = _hiding_parameters(db.engine)
         self._quiet_bind: Engine = self._quiet.sync_engine
+        self._quiet_background: Engine = _hiding_parameters(db.background_engine).sync_engine
         self.model = model
         self._mapper = mapper
         self._clock = clock
@@ -438,7 +439,9 @@ class SessionStore:
         ``on_batch(removed)`` is called after each committed batch (progress reports).
         """
         check_batch_size(batch_size)
-        return await delete_expired(self.db, self.table, self._now(), batch_size, on_batch)
+        return await delete_expired(
+            self.db, self.table, self._now(), batch_size, on_batch, self._quiet_background
+        )
 
     async def stats(self) -> SessionStats:
         """Active and expired sessions, child rows and the oldest active session's start."""

@@ -11,8 +11,9 @@ Importing this module needs no Starlette (the ASGI middleware uses :func:`error_
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table
@@ -267,6 +268,38 @@ def _log_error(error: BaseException, status: int, code: str, where: str) -> None
         logger.error("%s", text, exc_info=error if code == "internal" else None)
     else:
         logger.info("%s", text)
+
+
+async def send_error(
+    send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    error: BaseException,
+    where: str,
+    *,
+    status: int | None = None,
+    body: Mapping[str, Any] | None = None,
+) -> None:
+    """Answer with ``error``'s safe body from a pure ASGI middleware (whose errors no
+    exception handler sees), logging what the client is not told.
+
+    ``status`` defaults to the error's default status; a 503 carries ``Retry-After: 1``
+    except after a lost COMMIT, as :func:`install_error_handlers` does. ``body`` replaces
+    the default body (:func:`error_body`) for errors that are not the database's.
+    """
+    if status is None:
+        status = status_for(error) if isinstance(error, DatabaseError) else 500
+    code = error_code(error) if body is None else str(body.get("error"))
+    _log_error(error, status, code, where)
+    content = json.dumps(error_body(error) if body is None else body, ensure_ascii=False)
+    encoded = content.encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(encoded)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    if status == 503 and code != "outcome_unknown":
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": encoded, "more_body": False})
 
 
 # -- installing ----------------------------------------------------------------------------

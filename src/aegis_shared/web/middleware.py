@@ -7,7 +7,6 @@ response starts.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 from aegis_shared.database.manager import DatabaseManager
 from aegis_shared.database.registry import get_database
 from aegis_shared.database.request_scope import STATE_KEY, RequestSession, current_request_session
-from aegis_shared.web.errors import error_body
+from aegis_shared.web.errors import send_error
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -66,9 +65,9 @@ class DatabaseSessionMiddleware:
                 try:
                     await holder.finish(commit=commit)
                 except Exception as exc:
-                    logger.exception("commit at the end of the request failed")
                     replaced = True
-                    await _send_error(send, exc)
+                    # Always a 500: the handler's answer was not saved, whatever the cause.
+                    await send_error(send, exc, "commit at the end of the request", status=500)
                     return
             await send(message)
 
@@ -78,20 +77,3 @@ class DatabaseSessionMiddleware:
             # No response started (an exception, or a websocket): nothing is committed.
             await holder.finish(commit=False)
             current_request_session.reset(token)
-
-
-async def _send_error(send: Send, exc: Exception) -> None:
-    # The same safe body as install_error_handlers gives (a code, fixed text, a duplicate's
-    # field names); the driver's text, which can quote rows, is only in the log above.
-    body = json.dumps(error_body(exc), ensure_ascii=False).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 500,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -10,6 +10,7 @@ a handler depends on :func:`current_session`, and writes only what the handler c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from http.cookies import SimpleCookie
@@ -17,9 +18,11 @@ from typing import Any, Final, Literal
 
 from starlette.requests import HTTPConnection
 
+from aegis_shared.errors.exceptions import DatabaseError
 from aegis_shared.sessions.ids import is_session_id, session_key
-from aegis_shared.sessions.store import SessionStore
+from aegis_shared.sessions.store import SessionDataTooLargeError, SessionStore
 from aegis_shared.web.csrf import CSRFMiddleware, CSRFTokens
+from aegis_shared.web.errors import send_error
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -295,6 +298,23 @@ class HttpSession(MutableMapping[str, Any]):
         return None
 
 
+async def _send_save_error(send: Send, exc: Exception, session: HttpSession) -> None:
+    """Answer a request whose session could not be saved: 413 for data over the store's
+    limit, the database error's safe body otherwise; nothing of this request is kept."""
+    if session._created:
+        with contextlib.suppress(Exception):  # the row may be unreachable too: it expires
+            await session._discard_created()
+    if isinstance(exc, SessionDataTooLargeError):
+        body = {
+            "error": "session_too_large",
+            "detail": "The session's data is larger than this server keeps; nothing was "
+            "saved. Store less in the session.",
+        }
+        await send_error(send, exc, "saving the session", status=413, body=body)
+    else:
+        await send_error(send, exc, "saving the session")
+
+
 class SessionMiddleware:
     """Server-side sessions from a cookie, kept in a :class:`SessionStore`.
 
@@ -404,11 +424,23 @@ class SessionMiddleware:
         scope.setdefault("state", {})[STATE_KEY] = session
         started = False
 
+        replaced = False
+
         async def send_wrapper(message: Message) -> None:
-            nonlocal started
+            nonlocal started, replaced
+            if replaced:
+                return  # the handler's response was replaced by an error; drop the rest
             if message["type"] == "http.response.start":
                 started = True
-                value = await session._finish(int(message["status"]))
+                try:
+                    value = await session._finish(int(message["status"]))
+                except (SessionDataTooLargeError, DatabaseError) as exc:
+                    # Saving failed, so the handler's answer would claim what did not
+                    # happen: the client gets the reason instead (no exception handler
+                    # sees errors raised here, outside the app).
+                    replaced = True
+                    await _send_save_error(send, exc, session)
+                    return
                 if value is not None or session._loaded:
                     message["headers"] = self._headers(message.get("headers", []), value)
             await send(message)
