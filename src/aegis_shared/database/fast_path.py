@@ -1,4 +1,4 @@
-"""The lean path for a repository's hot reads: ``get_by_id``, ``list`` and ``count``.
+"""The lean path for a repository's hot reads: ``get_by_id``, ``list``, ``count``, ``exists``.
 
 Why by hand: a primary-key read through the ORM spends most of its time in machinery that
 is the same on every call of the same shape (the execution pipeline, result and loading
@@ -32,7 +32,7 @@ from sqlalchemy.pool import PoolProxiedConnection, QueuePool
 from sqlalchemy.sql import ColumnElement, Select
 from sqlalchemy.util.concurrency import greenlet_spawn
 
-from aegis_shared.database import cursor_events, drivers
+from aegis_shared.database import cursor_events, drivers, lookups
 from aegis_shared.database.engine import driver_failure
 from aegis_shared.database.session import CLOSED_KEY, HOLDS_CONNECTION_KEY, AegisSyncSession
 from aegis_shared.database.write_intent import WRITE_KEY
@@ -168,8 +168,9 @@ def _compile(statement: Select[Any], dialect: Dialect) -> _Plan:
     return _Plan(compiled.string, names, processors, constants)
 
 
-#: A filter shape: (column key, "eq" | "null" | number of IN values).
-FilterShape = tuple[tuple[str, str | int], ...]
+#: A filter shape: the parsed terms of ``filters`` and ``exclude`` (see :mod:`lookups`),
+#: which name path, column, lookup and number of values, never the values themselves.
+FilterShape = tuple[lookups.Term, ...]
 
 #: Compiled statements one reader keeps; the least recently used goes first. Filters and
 #: orderings come from requests, so their shapes are open-ended: unbounded, a client
@@ -236,21 +237,11 @@ class ModelReader:
         return self.columns[self.keys.index(key)]
 
     def _where(self, statement: Select[Any], shape: FilterShape) -> Select[Any]:
-        for key, kind in shape:
-            column = self._column(key)
-            if kind == "null":
-                statement = statement.where(column.is_(None))
-            elif kind == "eq":
-                statement = statement.where(column == bindparam(f"f_{key}", type_=column.type))
-            else:
-                assert isinstance(kind, int)
-                statement = statement.where(
-                    column.in_([bindparam(f"f_{key}_{i}", type_=column.type) for i in range(kind)])
-                )
-        return statement
+        # The same conditions as the ORM path's (lookups.clauses), with placeholders.
+        return statement.where(*lookups.clauses(self.mapper, shape)) if shape else statement
 
     def plan(self, kind: str, shape: Any) -> _Plan:
-        """The compiled statement of ``kind`` (get, list, count) for ``shape``."""
+        """The compiled statement of ``kind`` (get, list, count, exists) for ``shape``."""
         key = (kind, shape)
         plans = self.plans
         found = plans.get(key)
@@ -267,6 +258,9 @@ class ModelReader:
             return select(*self.columns).where(self.columns[self.pk_index] == bindparam("pk"))
         if kind == "count":
             return self._where(select(func.count()).select_from(self.table), shape)
+        if kind == "exists":
+            pk = self.columns[self.pk_index]
+            return self._where(select(pk), shape).limit(bindparam("limit", type_=Integer))
         filters, ordering = shape
         statement = self._where(select(*self.columns), filters)
         for key in ordering:
@@ -302,30 +296,6 @@ def reader_for(mapper: Mapper[Any], engine: AsyncEngine) -> ModelReader | None:
     if not reader.eligible or events.load or events.refresh:
         return None
     return reader
-
-
-#: IN lists longer than this go through the ORM rather than compiling a plan per length.
-_MAX_IN_VALUES: Final = 32
-
-
-def filter_shape(filters: Mapping[str, Any] | None) -> tuple[FilterShape, dict[str, Any]] | None:
-    """The cacheable shape of validated ``filters`` and their bound values, or ``None``
-    when a filter has no fixed shape (an empty or long IN list)."""
-    shape: list[tuple[str, str | int]] = []
-    values: dict[str, Any] = {}
-    for key, value in (filters or {}).items():
-        if value is None:
-            shape.append((key, "null"))
-        elif isinstance(value, (list, tuple, set, frozenset)):
-            items = list(value)
-            if not 0 < len(items) <= _MAX_IN_VALUES:
-                return None
-            shape.append((key, len(items)))
-            values.update({f"f_{key}_{i}": item for i, item in enumerate(items)})
-        else:
-            shape.append((key, "eq"))
-            values[f"f_{key}"] = value
-    return tuple(shape), values
 
 
 # -- running and attaching -------------------------------------------------------------------

@@ -17,13 +17,13 @@ from typing import Any, ClassVar, Final, Generic, Literal, NoReturn, TypeVar, ov
 
 from sqlalchemy import Column, ColumnElement, Table, func, insert, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import ColumnProperty, InstrumentedAttribute, Mapper
+from sqlalchemy.orm import ColumnProperty, InstrumentedAttribute, Mapper, RelationshipProperty
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.interfaces import ORMOption
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.compiler import InsertmanyvaluesSentinelOpts
 
-from aegis_shared.database import bulk, fast_path, integer_ranges, relations
+from aegis_shared.database import bulk, fast_path, integer_ranges, lookups, relations
 from aegis_shared.errors.exceptions import EntityNotFoundError
 from aegis_shared.models.types import UTCDateTime
 
@@ -32,6 +32,7 @@ ItemT = TypeVar("ItemT")
 
 MAX_PAGE_SIZE_KEY = "aegis.max_page_size"
 Filters = Mapping[str, Any]
+Where = Sequence[ColumnElement[bool]]
 OrderBy = str | ColumnElement[Any] | InstrumentedAttribute[Any]
 
 
@@ -100,12 +101,19 @@ def _check_allowlists(repository: type, mapper: Mapper[Any]) -> None:
             continue
         wrong = []
         for name in sorted(names):
+            first = name.split("__")[0] if attribute == "filterable" else name
             prop = (
-                mapper.get_property(name, _configure_mappers=False)
-                if mapper.has_property(name)
+                mapper.get_property(first, _configure_mappers=False)
+                if mapper.has_property(first)
                 else None
             )
-            if prop is None or (kind == "column" and not isinstance(prop, ColumnProperty)):
+            if first != name:
+                # A path (author__username): the related models may not be defined yet,
+                # so only its first step is checked here, the rest at its first use.
+                last = name.rsplit("__", 1)[-1]
+                if not isinstance(prop, RelationshipProperty) or last in lookups.LOOKUPS:
+                    wrong.append(repr(name))
+            elif prop is None or (kind == "column" and not isinstance(prop, ColumnProperty)):
                 wrong.append(repr(name))
         if wrong:
             model = mapper.class_.__name__
@@ -155,9 +163,11 @@ class BaseRepository(Generic[ModelT]):
     default_limit: ClassVar[int] = 100
     #: Largest ``limit`` accepted; ``None`` takes the manager's ``max_page_size`` (1000).
     max_limit: ClassVar[int | None] = None
-    #: Columns ``filters`` may name (``list``, ``count``, ``exists``, ``paginate``);
-    #: ``None``: every column. Declare it when filters come from a request, so clients
-    #: cannot test values of columns they must not see.
+    #: Fields ``filters`` and ``exclude`` may name (``list``, ``count``, ``exists``,
+    #: ``paginate``, ``get_by``): columns (``"title"``) and relationship paths
+    #: (``"author__username"``), without the lookup, which is then free: ``"title"``
+    #: allows ``title__icontains`` too. ``None``: every column and path. Declare it when
+    #: filters come from a request, so clients cannot test values they must not see.
     filterable: ClassVar[frozenset[str] | None] = None
     #: Columns ``order_by`` may name, in either direction (``"age"``, ``"-age"``); ``None``:
     #: every column. Column objects (``User.age``) are code, not request input, and pass.
@@ -253,38 +263,57 @@ class BaseRepository(Generic[ModelT]):
         )
         return attribute
 
-    def _check_filters(self, filters: Filters | None) -> Filters:
-        """``filters`` once every name is a column; builds no SQL (the fast path needs none)."""
-        if filters is None:
-            return {}
-        if not isinstance(filters, Mapping):
-            raise ValueError(f"filters must be a mapping of column name to value, got {filters!r}")
-        for name in filters:
-            self._check_column(name, "filter on", self.filterable)
-        return filters
+    def _refuse_filter(self, what: str) -> NoReturn:
+        self._refuse(what, self.filterable or frozenset())
 
-    def _ranges(self) -> integer_ranges.ColumnRanges:
+    def _dialect(self) -> Any:
         sync = self.session.sync_session
         bind = sync.bind if sync.bind is not None else sync.get_bind(mapper=self._mapper)
-        return integer_ranges.ranges_for(self._mapper, bind.dialect)
+        return bind.dialect
 
-    def _matchable(self, filters: Filters | None) -> Filters | None:
-        """``filters`` checked, without IN members no row can hold; ``None`` when no row
-        can match them (an integer out of its column's range: see integer_ranges)."""
-        checked = self._check_filters(filters)
-        return self._ranges().possible_filters(checked) if checked else checked
+    def _ranges(self) -> integer_ranges.ColumnRanges:
+        return integer_ranges.ranges_for(self._mapper, self._dialect())
 
-    def _conditions(self, filters: Filters | None) -> list[ColumnElement[bool]]:
-        conditions: list[ColumnElement[bool]] = []
-        for name, value in self._check_filters(filters).items():
-            column = self._column(name, "filter on")
-            if value is None:
-                conditions.append(column.is_(None))
-            elif isinstance(value, (list, tuple, set, frozenset)):
-                conditions.append(column.in_(list(value)))
-            else:
-                conditions.append(column == value)
-        return conditions
+    def _query(
+        self,
+        filters: Filters | None,
+        exclude: Filters | None = None,
+        where: Where | None = None,
+        extra: tuple[builtins.list[lookups.Term], builtins.list[tuple[Any, ...]]] | None = None,
+    ) -> lookups.Query | None:
+        """``filters``, ``exclude`` and ``where`` checked and parsed (ValueError before any
+        SQL; see :mod:`lookups`), or ``None`` when no row can match them (an integer out
+        of its column's range: see integer_ranges). ``extra``: terms of the library's own
+        (an id), which the allow-list does not govern."""
+        terms, values = lookups.parse(
+            self._mapper, filters, allowed=self.filterable, refuse=self._refuse_filter
+        )
+        if exclude is not None:
+            excluded, excluded_values = lookups.parse(
+                self._mapper,
+                exclude,
+                allowed=self.filterable,
+                refuse=self._refuse_filter,
+                exclude=True,
+            )
+            terms += excluded
+            values += excluded_values
+        checked_where = lookups.check_where(where)
+        if extra is not None:
+            terms = extra[0] + terms
+            values = extra[1] + values
+        if not terms:
+            return lookups.Query(where=checked_where)
+        dialect = self._dialect()
+
+        def bounds(term: lookups.Term) -> integer_ranges.Range | None:
+            mapper = lookups.target(self._mapper, term.path)
+            return integer_ranges.ranges_for(mapper, dialect).by_key.get(term.column)
+
+        pruned = lookups.prune(terms, values, bounds)
+        if pruned is None:
+            return None
+        return lookups.Query(tuple(pruned[0]), tuple(pruned[1]), checked_where)
 
     def _limit(self, limit: int | None) -> int:
         if limit is None:
@@ -662,6 +691,39 @@ class BaseRepository(Generic[ModelT]):
             raise EntityNotFoundError(self._name, id)
         return instance
 
+    async def get_by(self, **filters: Any) -> ModelT | None:
+        """The one row matching ``filters`` (the grammar of :meth:`list`), or ``None``.
+
+        Meant for unique fields: ``get_by(slug="how-to-train")``,
+        ``get_by(email__ilike="jake@example.com")``. Raises ``ValueError`` when more than
+        one row matches, rather than picking one by chance (one statement either way: it
+        asks for two rows). ``filterable`` applies, as to every filter.
+        """
+        if not filters:
+            raise ValueError(
+                f"get_by() of {self._name} needs at least one filter, for example "
+                "get_by(slug='how-to-train'); use get_by_id() for the primary key"
+            )
+        query = self._query(filters)
+        if query is None:
+            return None
+        rows = await self._list(query, self._order_keys(None), None, 0, 2, None)
+        if len(rows) > 1:
+            described = ", ".join(f"{name}={lookups.shown(v)}" for name, v in filters.items())
+            raise ValueError(
+                f"More than one {self._name} matches {described}; get_by() needs filters "
+                "that match at most one row (a unique field), or use list()"
+            )
+        return rows[0] if rows else None
+
+    async def get_one_by(self, **filters: Any) -> ModelT:
+        """:meth:`get_by`, raising ``EntityNotFoundError`` naming the filters ("Article
+        with slug 'how-to-train' not found") when no row matches."""
+        instance = await self.get_by(**filters)
+        if instance is None:
+            raise EntityNotFoundError(self._name, filters=filters)
+        return instance
+
     async def list(
         self,
         skip: int = 0,
@@ -669,22 +731,42 @@ class BaseRepository(Generic[ModelT]):
         filters: Filters | None = None,
         order_by: OrderBy | Sequence[OrderBy] | None = None,
         options: Sequence[ORMOption] | None = None,
+        *,
+        exclude: Filters | None = None,
+        where: Where | None = None,
     ) -> list[ModelT]:
-        """Rows matching ``filters`` (``None`` means IS NULL, a list means IN), ordered by
-        ``order_by`` (column names, ``-name`` for descending; the primary key by default),
-        ``limit`` rows (100 by default) from ``skip``. An integer no row can hold matches
-        nothing (and is dropped from an IN list), without a query."""
-        matchable = self._matchable(filters)
+        """Rows matching ``filters``, ordered by ``order_by`` (column names, ``-name`` for
+        descending; the primary key by default), ``limit`` rows (100 by default) from
+        ``skip``.
+
+        ``filters`` maps a field, optionally with a lookup, to a value: ``{"age__ge": 18,
+        "author__username": "jake", "tags__name__in": ["a", "b"]}``; a plain field with
+        ``None`` means IS NULL, with a list IN (see :mod:`aegis_shared.database.lookups`
+        for every lookup). ``exclude`` takes the same grammar and leaves out the rows that
+        match all of it; ``where`` adds SQLAlchemy expressions (``User.age > User.rank``).
+        Wrong names, lookups or values raise ``ValueError`` before any SQL. An integer no
+        row can hold matches nothing (and is dropped from an IN list), without a query."""
+        query = self._query(filters, exclude, where)
         keys = self._order_keys(order_by)
         skip, limit = self._skip(skip), self._limit(limit)
-        if matchable is None:
+        if query is None:
             return []
-        filters = matchable
+        return await self._list(query, keys, order_by, skip, limit, options)
+
+    async def _list(
+        self,
+        query: lookups.Query,
+        keys: tuple[str, ...] | None,
+        order_by: OrderBy | Sequence[OrderBy] | None,
+        skip: int,
+        limit: int,
+        options: Sequence[ORMOption] | None,
+    ) -> builtins.list[ModelT]:
         if not options and keys is not None:
-            rows = await self._fast_list(filters, keys, skip, limit)
+            rows = await self._fast_list(query, keys, skip, limit)
             if rows is not None:
                 return rows
-        statement = select(self.model).where(*self._conditions(filters))
+        statement = select(self.model).where(*query.conditions(self._mapper))
         statement = statement.order_by(*self._ordering(order_by))
         statement = statement.offset(skip).limit(limit)
         if options:
@@ -693,9 +775,9 @@ class BaseRepository(Generic[ModelT]):
         return list(result.all())
 
     async def _fast_list(
-        self, filters: Filters | None, keys: tuple[str, ...], skip: int, limit: int
+        self, query: lookups.Query, keys: tuple[str, ...], skip: int, limit: int
     ) -> builtins.list[ModelT] | None:
-        shape = fast_path.filter_shape(filters)
+        shape = query.fast()
         ready = self._fast_reader() if shape is not None else None
         if ready is None or shape is None:
             return None
@@ -703,31 +785,76 @@ class BaseRepository(Generic[ModelT]):
         rows = await self._fast_rows(ready, "list", (shape[0], keys), values)
         return None if rows is None else fast_path.attach(self.session, ready[1], rows)
 
-    async def count(self, filters: Filters | None = None) -> int:
-        """Number of rows matching ``filters``."""
-        matchable = self._matchable(filters)
-        if matchable is None:
+    async def count(
+        self,
+        filters: Filters | None = None,
+        *,
+        exclude: Filters | None = None,
+        where: Where | None = None,
+    ) -> int:
+        """Number of rows matching ``filters``, ``exclude`` and ``where`` (as :meth:`list`
+        takes them); a relationship path counts each row once."""
+        query = self._query(filters, exclude, where)
+        if query is None:
             return 0
-        filters = matchable
-        shape = fast_path.filter_shape(filters)
+        shape = query.fast()
         if shape is not None:
             rows = await self._fast_rows(self._fast_reader(), "count", shape[0], shape[1])
             if rows is not None:
                 return int(rows[0][0])
-        statement = select(func.count()).select_from(self.model).where(*self._conditions(filters))
+        statement = (
+            select(func.count()).select_from(self.model).where(*query.conditions(self._mapper))
+        )
         return int(await self.session.scalar(statement) or 0)
 
-    async def exists(self, id: Any = None, *, filters: Filters | None = None) -> bool:
-        """True when a row with ``id`` (and/or matching ``filters``) exists."""
-        matchable = self._matchable(filters)
-        if matchable is None or (id is not None and self._ranges().impossible_id(id)):
+    def _id_terms(
+        self, id: Any
+    ) -> tuple[builtins.list[lookups.Term], builtins.list[tuple[Any, ...]]]:
+        """Terms for "the primary key is ``id``" (a tuple for a composite key)."""
+        keys = [self._mapper.get_property_by_column(c).key for c in self._mapper.primary_key]
+        parts = id if isinstance(id, tuple) else (id,)
+        if len(parts) != len(keys):
+            raise ValueError(
+                f"{self._name} has a primary key of {len(keys)} column(s) "
+                f"({', '.join(keys)}); pass the id as {len(keys)} value(s) in that order, "
+                f"got {lookups.shown(id)}"
+            )
+        terms = [lookups.Term((), key, "eq", 1) for key in keys]
+        return terms, [(part,) for part in parts]
+
+    async def exists(
+        self,
+        id: Any = None,
+        *,
+        filters: Filters | None = None,
+        exclude: Filters | None = None,
+        where: Where | None = None,
+        **lookup_filters: Any,
+    ) -> bool:
+        """True when a row with ``id`` (a tuple for a composite primary key) and matching
+        ``filters``, ``exclude``, ``where`` and keyword filters exists:
+        ``exists(email="a@example.com")``, ``exists(5, filters={"active": True})``.
+
+        One statement that stops at the first row."""
+        if lookup_filters:
+            if filters is not None and set(filters) & set(lookup_filters):
+                raise ValueError("exists() got the same filter in filters= and as a keyword")
+            filters = {**(filters or {}), **lookup_filters}
+        extra = self._id_terms(id) if id is not None else None
+        query = self._query(filters, exclude, where, extra)
+        if query is None or (id is not None and self._ranges().impossible_id(id)):
             return False
-        conditions = self._conditions(matchable)
-        if id is not None:
-            (pk,) = self._mapper.primary_key
-            conditions.append(pk == id)
+        shape = query.fast()
+        if shape is not None:
+            values = {**shape[1], "limit": 1}
+            rows = await self._fast_rows(self._fast_reader(), "exists", shape[0], values)
+            if rows is not None:
+                return bool(rows)
         statement = select(func.count()).select_from(
-            select(*self._mapper.primary_key).where(*conditions).limit(1).subquery()
+            select(*self._mapper.primary_key)
+            .where(*query.conditions(self._mapper))
+            .limit(1)
+            .subquery()
         )
         return bool(await self.session.scalar(statement))
 
@@ -738,15 +865,25 @@ class BaseRepository(Generic[ModelT]):
         filters: Filters | None = None,
         order_by: OrderBy | Sequence[OrderBy] | None = None,
         options: Sequence[ORMOption] | None = None,
+        *,
+        exclude: Filters | None = None,
+        where: Where | None = None,
     ) -> Page[ModelT]:
-        """Page ``page`` (from 1) of ``page_size`` rows, with the total count."""
+        """Page ``page`` (from 1) of ``page_size`` rows, with the total count; ``filters``,
+        ``exclude`` and ``where`` as :meth:`list` takes them."""
         _whole_number("page", page, 1)
         _whole_number("page_size", page_size, 1)
         size = self._limit(page_size)
         items = await self.list(
-            skip=(page - 1) * size, limit=size, filters=filters, order_by=order_by, options=options
+            skip=(page - 1) * size,
+            limit=size,
+            filters=filters,
+            order_by=order_by,
+            options=options,
+            exclude=exclude,
+            where=where,
         )
-        total = await self.count(filters)
+        total = await self.count(filters, exclude=exclude, where=where)
         return Page(items=items, total=total, page=page, page_size=size)
 
     # -- links and counts through relationships (the SQL is in relations.py) -------------

@@ -7,7 +7,7 @@ turns them into these classes in one place and chains the original as ``__cause_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -46,16 +46,38 @@ class UnitOfWorkStateError(DatabaseError, RuntimeError):
 
 
 class EntityNotFoundError(DatabaseError, LookupError):
-    """No row of the given entity has the given id.
+    """No row of the given entity has the given id, or matches the given filters.
 
-    ``EntityNotFoundError("User", 42)`` reads "User with id 42 not found".
+    ``EntityNotFoundError("User", 42)`` reads "User with id 42 not found";
+    ``EntityNotFoundError("Article", filters={"slug": "how-to-train"})`` reads
+    "Article with slug 'how-to-train' not found" (``entity_id`` is then ``None``).
     """
 
-    def __init__(self, entity: str | type[Any], entity_id: Any) -> None:
+    def __init__(
+        self,
+        entity: str | type[Any],
+        entity_id: Any = None,
+        *,
+        filters: Mapping[str, Any] | None = None,
+    ) -> None:
         name = entity if isinstance(entity, str) else entity.__name__
         self.entity = name
         self.entity_id = entity_id
-        super().__init__(f"{name} with id {entity_id} not found")
+        self.filters: dict[str, Any] = dict(filters or {})
+        if self.filters:
+            # Values are quoted short: they often come from a request, and a message
+            # should not carry a megabyte back.
+            described = " and ".join(
+                f"{field} {_short(value)}" for field, value in self.filters.items()
+            )
+            super().__init__(f"{name} with {described} not found")
+        else:
+            super().__init__(f"{name} with id {entity_id} not found")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class IntegrityViolationError(DatabaseError):
