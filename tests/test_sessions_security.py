@@ -426,6 +426,10 @@ async def test_a_client_cannot_make_a_request_cost_many_selects(site: Site) -> N
             response = await client.get("/data", headers={"cookie": header})
         assert counter.count == 3
         assert response.json() == {"id": None, "data": {}}
+        # The live value was never looked up, so the cookie is not cleared: planted junk
+        # cannot log the user out.
+        assert set_cookies(response) == []
+        assert (await client.get("/data")).json()["data"] == {"cart": [1]}
         # Repeating one value costs one look-up, not one per copy.
         header = "; ".join([f"session={forged[0]}"] * 5 + [f"session={live}"])
         with count_queries(site.db) as counter:

@@ -100,6 +100,11 @@ class DialectProfile:
         it), which costs no round trip to find out."""
         return False
 
+    def refused_before_sending(self, error: BaseException) -> bool:
+        """True when ``error`` is the driver refusing a call before writing anything (its
+        own state checks), so the statement cannot have reached the server."""
+        return False
+
 
 def merge_connect_args(ours: dict[str, Any], theirs: dict[str, Any] | None) -> dict[str, Any]:
     """The caller's ``connect_args`` over the profile's; a dictionary in both (asyncpg's
@@ -198,6 +203,26 @@ class PostgresProfile(DialectProfile):
 
     def is_closed(self, dbapi_connection: Any) -> bool:
         return bool(dbapi_connection.driver_connection.is_closed())
+
+    def refused_before_sending(self, error: BaseException) -> bool:
+        # asyncpg checks its protocol state before it writes a message: "cannot perform
+        # operation: ..." (InterfaceError) and "cannot switch to state ..." (raised while
+        # it is still handling the server's goodbye on a link being closed) mean the
+        # statement never left the client.
+        import asyncpg  # type: ignore[import-untyped]
+
+        seen: set[int] = set()
+        item: BaseException | None = error
+        while item is not None and id(item) not in seen:
+            seen.add(id(item))
+            if isinstance(item, asyncpg.InterfaceError):
+                return True
+            if isinstance(item, asyncpg.InternalClientError) and "cannot switch to state" in str(
+                item
+            ):
+                return True
+            item = item.__cause__ or item.__context__
+        return False
 
 
 def _unique_statement_name() -> str:

@@ -187,7 +187,7 @@ def _mark_commits(dialect: Any, profile: DialectProfile) -> None:
         try:
             commit(dbapi_connection)
         except BaseException as exc:
-            if sent:
+            if sent and not profile.refused_before_sending(exc):
                 with contextlib.suppress(AttributeError, TypeError):
                     setattr(exc, _COMMIT_IN_FLIGHT, True)
             raise

@@ -118,6 +118,13 @@ class CheckViolationError(IntegrityViolationError):
     """A CHECK constraint rejected the value."""
 
 
+class InvalidValueError(DatabaseError, ValueError):
+    """The database rejected a value it cannot store or compare: a number out of the
+    column's range, a string too long for it, text it cannot hold (a NUL character), a
+    value of the wrong type. Nothing was written; validate input before it reaches the
+    repository (lengths, ranges, types)."""
+
+
 class DatabaseConnectionError(DatabaseError):
     """The database could not be reached, or the connection broke during the work."""
 
@@ -186,6 +193,7 @@ __all__ = [
     "EntityNotFoundError",
     "ForeignKeyViolationError",
     "IntegrityViolationError",
+    "InvalidValueError",
     "NotNullViolationError",
     "PoolTimeoutError",
     "QueryTimeoutError",

@@ -22,6 +22,7 @@ from aegis_shared.errors.exceptions import (
     DuplicateEntityError,
     ForeignKeyViolationError,
     IntegrityViolationError,
+    InvalidValueError,
     NotNullViolationError,
     QueryTimeoutError,
     TransactionConflictError,
@@ -38,6 +39,11 @@ _PG_QUERY_CANCELED = "57014"
 _PG_CONNECTION_CLASSES = ("08", "57P01", "57P02", "57P03", "53300")
 # the login itself refused: bad password or role ("28"), no such database
 _PG_LOGIN_CLASSES = ("28", "3D000")
+# a value the server cannot store or compare: class 22 "data exception" (out of range,
+# too long, invalid text), and a comparison of mismatched types ("operator does not
+# exist: integer = character varying", what a query-string value on an integer column
+# gives) or a datatype mismatch
+_PG_INVALID_VALUE_CLASSES = ("22", "42883", "42804")
 
 # MariaDB / MySQL server and client error numbers.
 _MY_DUPLICATE = {1062, 1586}
@@ -46,6 +52,9 @@ _MY_NOT_NULL = {1048, 1364}
 _MY_CHECK = {3819, 4025}
 _MY_CONFLICT = {1205, 1213}  # lock wait timeout, deadlock
 _MY_QUERY_TIMEOUT = {1969, 3024}  # MariaDB max_statement_time, MySQL max_execution_time
+# out of range, data too long, incorrect value for the column, truncated wrong value,
+# BIGINT UNSIGNED out of range, invalid JSON text
+_MY_INVALID_VALUE = {1264, 1406, 1366, 1292, 1690, 3140}
 _MY_LOGIN = {
     1044,  # access denied to the database
     1045,  # bad user or password
@@ -230,6 +239,8 @@ def _from_postgres(sqlstate: str, error: BaseException) -> DatabaseError | None:
             "DATABASE_STATEMENT_TIMEOUT.",
             orig=error,
         )
+    if sqlstate.startswith(_PG_INVALID_VALUE_CLASSES):
+        return _invalid_value(detail, error)
     if sqlstate.startswith(_PG_LOGIN_CLASSES):
         return _login_error(detail, error)
     if sqlstate.startswith(_PG_CONNECTION_CLASSES):
@@ -278,6 +289,8 @@ def _from_mysql(code: int, error: BaseException) -> DatabaseError | None:
             "DATABASE_STATEMENT_TIMEOUT.",
             orig=error,
         )
+    if code in _MY_INVALID_VALUE:
+        return _invalid_value(detail, error)
     if code in _MY_LOGIN:
         return _login_error(detail, error)
     if code in _MY_CONNECTION:
@@ -329,6 +342,14 @@ def _connection_error(detail: str, error: BaseException) -> DatabaseConnectionEr
     )
 
 
+def _invalid_value(detail: str, error: BaseException) -> InvalidValueError:
+    return InvalidValueError(
+        f"The database rejected a value: {detail}. Nothing was written; check the "
+        "value's type, length and range before it reaches the repository.",
+        orig=error,
+    )
+
+
 def _login_error(detail: str, error: BaseException) -> DatabaseLoginError:
     return DatabaseLoginError(
         f"The database refused the login: {detail}. This is not transient and is not "
@@ -364,6 +385,10 @@ def translate_dbapi_error(
         mapped = _from_sqlite(_attr(root, "sqlite_errorcode"), root)
     if mapped is not None:
         return mapped
+    if any(isinstance(item, OverflowError) for item in _chain(error)):
+        # The driver could not even encode the value (SQLite: "Python int too large to
+        # convert to SQLite INTEGER"): nothing was sent.
+        return _invalid_value(_message(root), root)
     if is_disconnect or isinstance(root, (ConnectionError, OSError, TimeoutError)):
         return _connection_error(_message(root), root)
     if isinstance(error, sa_exc.IntegrityError):

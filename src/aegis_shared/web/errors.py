@@ -30,6 +30,7 @@ from aegis_shared.errors.exceptions import (
     EntityNotFoundError,
     ForeignKeyViolationError,
     IntegrityViolationError,
+    InvalidValueError,
     NotNullViolationError,
     PoolTimeoutError,
     QueryTimeoutError,
@@ -49,6 +50,7 @@ logger = logging.getLogger("aegis_shared.web")
 STATUS_BY_ERROR: tuple[tuple[type[DatabaseError], int], ...] = (
     (EntityNotFoundError, 404),
     (IntegrityViolationError, 409),
+    (InvalidValueError, 422),
     (ConflictRetriesExhaustedError, 503),
     (TransactionConflictError, 409),
     (PoolTimeoutError, 503),
@@ -66,6 +68,7 @@ CODE_BY_ERROR: tuple[tuple[type[DatabaseError], str], ...] = (
     (NotNullViolationError, "missing_value"),
     (CheckViolationError, "invalid_value"),
     (IntegrityViolationError, "constraint_violation"),
+    (InvalidValueError, "invalid_input"),
     (ConflictRetriesExhaustedError, "busy"),
     (TransactionConflictError, "conflict"),
     (PoolTimeoutError, "busy"),
@@ -76,6 +79,8 @@ CODE_BY_ERROR: tuple[tuple[type[DatabaseError], str], ...] = (
 )
 
 MESSAGES: Mapping[str, str] = {
+    "invalid_input": "A value cannot be stored as given (out of range, too long, or of the "
+    "wrong type); nothing was saved. Check the request's values.",
     "not_found": "The requested record does not exist.",
     "duplicate": "A record with the same value already exists; use a different value "
     "or change the existing record.",

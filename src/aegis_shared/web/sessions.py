@@ -70,6 +70,7 @@ class HttpSession(MutableMapping[str, Any]):
         self._modified = False
         self._cookie_changed = False
         self._created = False  # this request INSERTed the session's row
+        self._untried = False  # more id-shaped values than were looked up
         self._invalidated = False
         self._rotation_lost = False
         self._save_on_error = False
@@ -116,6 +117,9 @@ class HttpSession(MutableMapping[str, Any]):
         for value in self._cookies:
             if is_session_id(value) and value not in candidates:
                 candidates.append(value)
+        # Values beyond the limit were never looked up: one of them may be the client's
+        # live session, so this response must not clear the cookie.
+        self._untried = len(candidates) > MAX_COOKIE_CANDIDATES
         for candidate in candidates[:MAX_COOKIE_CANDIDATES]:
             stored = await self._store.get(candidate)
             if stored is not None:
@@ -293,7 +297,7 @@ class HttpSession(MutableMapping[str, Any]):
                 return None
         if self._cookie_changed:
             return self._id
-        if self._id is None and self._cookies:
+        if self._id is None and self._cookies and not self._untried:
             return ""  # stale, forged or malformed cookies: tell the client to drop it
         return None
 
