@@ -88,7 +88,7 @@ def assert_refused(response: httpx.Response) -> str:
     assert response.headers["content-type"] == "application/json"
     body = response.json()
     assert body["error"] == "csrf"
-    message: str = body["message"]
+    message: str = body["detail"]
     assert message
     return message
 
@@ -610,7 +610,7 @@ async def test_client_gone_while_the_form_is_read_is_refused_without_running_the
     received, sent = await run_form([], headers, t)  # only http.disconnect arrives
     assert received is None
     assert sent[0]["status"] == 403
-    assert "disconnected" in json.loads(sent[1]["body"])["message"]
+    assert "disconnected" in json.loads(sent[1]["body"])["detail"]
 
 
 async def test_empty_origin_counts_as_no_origin() -> None:

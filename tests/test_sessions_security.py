@@ -601,6 +601,8 @@ async def test_session_data_over_the_limit_is_a_413_and_nothing_is_kept(make_db:
         too_big = await client.post("/data", json={"blob": "x" * 5000})
         assert too_big.status_code == 413
         assert too_big.json()["error"] == "session_too_large"
+        assert too_big.headers["vary"] == "Cookie"
+        assert too_big.headers["cache-control"] == "no-store"
         assert "x" * 20 not in too_big.text
         assert set_cookies(too_big) == []
         assert (await client.get("/data")).json()["data"] == {"user": "alice"}
@@ -610,3 +612,20 @@ async def test_session_data_over_the_limit_is_a_413_and_nothing_is_kept(make_db:
     rows = await site.rows()
     assert len(rows) == 1 and rows[0].data == {"user": "alice"}  # no row for the anonymous
     assert cookie
+
+
+async def test_openapi_documents_the_csrf_and_session_size_refusals(make_db: MakeDb) -> None:
+    db = await make_db(SecBase.metadata)
+    ref = {"$ref": "#/components/schemas/DatabaseErrorBody"}
+    async with Site(db, secure=False).served() as client:
+        schema = (await client.get("/openapi.json")).json()
+    logout = schema["paths"]["/logout"]["post"]["responses"]
+    read = schema["paths"]["/data"]["get"]["responses"]
+    assert logout["403"]["content"]["application/json"]["schema"] == ref
+    assert logout["413"]["content"]["application/json"]["schema"] == ref
+    assert "403" not in read and "413" in read  # a GET is never refused as cross-site
+    codes = schema["components"]["schemas"]["DatabaseErrorBody"]["properties"]["error"]["enum"]
+    assert {"csrf", "session_too_large", "invalid_input", "duplicate"} <= set(codes)
+    async with Site(db, secure=False, csrf=False).served() as client:
+        schema = (await client.get("/openapi.json")).json()
+    assert "403" not in schema["paths"]["/logout"]["post"]["responses"]

@@ -224,8 +224,8 @@ class CSRFPolicy:
 
 
 async def send_refusal(send: Send, reason: str) -> None:
-    """Send the 403 for a refused HTTP request: ``{"error": "csrf", "message": reason}``."""
-    body = json.dumps({"error": "csrf", "message": reason}).encode()
+    """Send the 403 for a refused HTTP request: ``{"error": "csrf", "detail": reason}``."""
+    body = json.dumps({"error": "csrf", "detail": reason}).encode()
     await send(
         {
             "type": "http.response.start",
@@ -248,7 +248,7 @@ async def send_websocket_refusal(scope: Scope, receive: Receive, send: Send, rea
     if message["type"] != "websocket.connect":
         return  # the client went away already
     if "websocket.http.response" in scope.get("extensions", {}):
-        body = json.dumps({"error": "csrf", "message": reason}).encode()
+        body = json.dumps({"error": "csrf", "detail": reason}).encode()
         await send(
             {
                 "type": "websocket.http.response.start",

@@ -282,13 +282,15 @@ async def send_error(
     *,
     status: int | None = None,
     body: Mapping[str, Any] | None = None,
+    headers: Iterable[tuple[bytes, bytes]] = (),
 ) -> None:
     """Answer with ``error``'s safe body from a pure ASGI middleware (whose errors no
     exception handler sees), logging what the client is not told.
 
     ``status`` defaults to the error's default status; a 503 carries ``Retry-After: 1``
     except after a lost COMMIT, as :func:`install_error_handlers` does. ``body`` replaces
-    the default body (:func:`error_body`) for errors that are not the database's.
+    the default body (:func:`error_body`) for errors that are not the database's;
+    ``headers`` are added to the response's.
     """
     if status is None:
         status = status_for(error) if isinstance(error, DatabaseError) else 500
@@ -296,14 +298,15 @@ async def send_error(
     _log_error(error, status, code, where)
     content = json.dumps(error_body(error) if body is None else body, ensure_ascii=False)
     encoded = content.encode()
-    headers = [
+    sent = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(encoded)).encode()),
         (b"cache-control", b"no-store"),
+        *headers,
     ]
     if status == 503 and code != "outcome_unknown":
-        headers.append((b"retry-after", b"1"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+        sent.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": sent})
     await send({"type": "http.response.body", "body": encoded, "more_body": False})
 
 
@@ -397,6 +400,28 @@ def install_error_handlers(
 # -- OpenAPI -------------------------------------------------------------------------------
 
 SCHEMA_NAME = "DatabaseErrorBody"
+#: The codes of the same body shape that the web middlewares answer with themselves:
+#: a refused cross-site request (403) and session data over the store's limit (413).
+WEB_CODES: tuple[str, ...] = ("csrf", "session_too_large")
+_UNSAFE = {"put", "post", "delete", "patch"}
+
+
+def _middleware_answers(app: Any) -> tuple[bool, bool]:
+    """(refuses cross-site requests, may answer 413 for the session) for ``app``'s
+    middleware stack, as added with ``app.add_middleware``."""
+    # Imported here: these modules need Starlette, which this module must not.
+    from aegis_shared.web.csrf import CSRFMiddleware
+    from aegis_shared.web.sessions import SessionMiddleware
+
+    csrf = sessions = False
+    for middleware in getattr(app, "user_middleware", ()):
+        cls = getattr(middleware, "cls", None)
+        if cls is CSRFMiddleware:
+            csrf = True
+        elif cls is SessionMiddleware:
+            sessions = True
+            csrf = csrf or bool(getattr(middleware, "kwargs", {}).get("csrf", True))
+    return csrf, sessions
 
 
 def _body_schema() -> dict[str, Any]:
@@ -407,7 +432,7 @@ def _body_schema() -> dict[str, Any]:
     class DatabaseErrorBody(BaseModel):
         """The body of an error answered by ``install_error_handlers``."""
 
-        error: Literal[ERROR_CODES] = Field(  # type: ignore[valid-type]
+        error: Literal[ERROR_CODES + WEB_CODES] = Field(  # type: ignore[valid-type]
             description="Stable code of the kind of failure; switch on this."
         )
         detail: str = Field(description="What happened and what to do, for people.")
@@ -437,6 +462,7 @@ def _document(app: Any, table: Mapping[type[DatabaseError], int]) -> None:
         schema: dict[str, Any] = original()
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
         schemas.setdefault(SCHEMA_NAME, _body_schema())
+        csrf, sessions = _middleware_answers(app)
         for operations in schema.get("paths", {}).values():
             for method, operation in operations.items():
                 if method not in {"get", "put", "post", "delete", "patch", "head", "options"}:
@@ -444,6 +470,12 @@ def _document(app: Any, table: Mapping[type[DatabaseError], int]) -> None:
                 responses = operation.setdefault("responses", {})
                 for status, codes in sorted(codes_by_status.items()):
                     _add_response(responses, str(status), "Database error: " + ", ".join(codes))
+                if csrf and method in _UNSAFE:
+                    _add_response(responses, "403", "Cross-site request refused: csrf")
+                if sessions:
+                    _add_response(
+                        responses, "413", "Session data over the store's limit: session_too_large"
+                    )
         return schema
 
     def _add_response(responses: dict[str, Any], status: str, description: str) -> None:
@@ -472,9 +504,11 @@ __all__ = [
     "ERROR_CODES",
     "MESSAGES",
     "STATUS_BY_ERROR",
+    "WEB_CODES",
     "error_body",
     "error_code",
     "install_error_handlers",
+    "send_error",
     "status_for",
     "unique_fields",
 ]

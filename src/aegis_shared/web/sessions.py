@@ -302,6 +302,10 @@ class HttpSession(MutableMapping[str, Any]):
         return None
 
 
+#: The answer depended on the request's cookie, so no shared cache may reuse it.
+_VARY = ((b"vary", b"Cookie"),)
+
+
 async def _send_save_error(send: Send, exc: Exception, session: HttpSession) -> None:
     """Answer a request whose session could not be saved: 413 for data over the store's
     limit, the database error's safe body otherwise; nothing of this request is kept."""
@@ -314,9 +318,9 @@ async def _send_save_error(send: Send, exc: Exception, session: HttpSession) -> 
             "detail": "The session's data is larger than this server keeps; nothing was "
             "saved. Store less in the session.",
         }
-        await send_error(send, exc, "saving the session", status=413, body=body)
+        await send_error(send, exc, "saving the session", status=413, body=body, headers=_VARY)
     else:
-        await send_error(send, exc, "saving the session")
+        await send_error(send, exc, "saving the session", headers=_VARY)
 
 
 class SessionMiddleware:
