@@ -43,7 +43,7 @@ import hmac
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from email.message import Message as _MimeHeader
 from http.cookies import SimpleCookie
@@ -59,6 +59,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 logger = logging.getLogger("aegis_shared.web")
 
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+#: The OpenAPI operations (lower case, as the schema names them) that the check may refuse.
+UNSAFE_OPENAPI_METHODS: Final = frozenset({"post", "put", "patch", "delete"})
 STATE_KEY: Final = "aegis.csrf"
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _HOST_PREFIX: Final = "__Host-"
@@ -576,6 +578,14 @@ class CSRFMiddleware:
         self.app = app
         self.policy = CSRFPolicy(trusted_origins=trusted_origins)
         self.tokens = tokens
+
+    @classmethod
+    def documented_errors(
+        cls, options: Mapping[str, Any]
+    ) -> list[tuple[str, frozenset[str] | None, str]]:
+        """What ``install_error_handlers`` adds to the OpenAPI schema for this middleware:
+        the 403 of a refused unsafe request."""
+        return [("403", UNSAFE_OPENAPI_METHODS, "Cross-site request refused: csrf")]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse the request, or run the app (setting a newly issued token's cookie)."""

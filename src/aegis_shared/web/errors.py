@@ -403,25 +403,23 @@ SCHEMA_NAME = "DatabaseErrorBody"
 #: The codes of the same body shape that the web middlewares answer with themselves:
 #: a refused cross-site request (403) and session data over the store's limit (413).
 WEB_CODES: tuple[str, ...] = ("csrf", "session_too_large")
-_UNSAFE = {"put", "post", "delete", "patch"}
 
 
-def _middleware_answers(app: Any) -> tuple[bool, bool]:
-    """(refuses cross-site requests, may answer 413 for the session) for ``app``'s
-    middleware stack, as added with ``app.add_middleware``."""
-    # Imported here: these modules need Starlette, which this module must not.
-    from aegis_shared.web.csrf import CSRFMiddleware
-    from aegis_shared.web.sessions import SessionMiddleware
+#: What a middleware documents of its own answers: (status, methods it applies to or
+#: ``None`` for all, description). A middleware class offers them through a classmethod
+#: ``documented_errors(options) -> list[DocumentedError]`` (``options``: the keyword
+#: arguments it was added with), so this module needs to import no middleware.
+DocumentedError = tuple[str, frozenset[str] | None, str]
 
-    csrf = sessions = False
+
+def _middleware_answers(app: Any) -> list[DocumentedError]:
+    """The answers the middlewares added with ``app.add_middleware`` document."""
+    found: list[DocumentedError] = []
     for middleware in getattr(app, "user_middleware", ()):
-        cls = getattr(middleware, "cls", None)
-        if cls is CSRFMiddleware:
-            csrf = True
-        elif cls is SessionMiddleware:
-            sessions = True
-            csrf = csrf or bool(getattr(middleware, "kwargs", {}).get("csrf", True))
-    return csrf, sessions
+        documented = getattr(getattr(middleware, "cls", None), "documented_errors", None)
+        if callable(documented):
+            found.extend(documented(dict(getattr(middleware, "kwargs", {}))))
+    return found
 
 
 def _body_schema() -> dict[str, Any]:
@@ -462,7 +460,7 @@ def _document(app: Any, table: Mapping[type[DatabaseError], int]) -> None:
         schema: dict[str, Any] = original()
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
         schemas.setdefault(SCHEMA_NAME, _body_schema())
-        csrf, sessions = _middleware_answers(app)
+        answers = _middleware_answers(app)
         for operations in schema.get("paths", {}).values():
             for method, operation in operations.items():
                 if method not in {"get", "put", "post", "delete", "patch", "head", "options"}:
@@ -470,12 +468,9 @@ def _document(app: Any, table: Mapping[type[DatabaseError], int]) -> None:
                 responses = operation.setdefault("responses", {})
                 for status, codes in sorted(codes_by_status.items()):
                     _add_response(responses, str(status), "Database error: " + ", ".join(codes))
-                if csrf and method in _UNSAFE:
-                    _add_response(responses, "403", "Cross-site request refused: csrf")
-                if sessions:
-                    _add_response(
-                        responses, "413", "Session data over the store's limit: session_too_large"
-                    )
+                for answer_status, methods, description in answers:
+                    if methods is None or method in methods:
+                        _add_response(responses, answer_status, description)
         return schema
 
     def _add_response(responses: dict[str, Any], status: str, description: str) -> None:
@@ -505,6 +500,7 @@ __all__ = [
     "MESSAGES",
     "STATUS_BY_ERROR",
     "WEB_CODES",
+    "DocumentedError",
     "error_body",
     "error_code",
     "install_error_handlers",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from http.cookies import SimpleCookie
 from typing import Any, Final, Literal
 
@@ -422,6 +422,20 @@ class SessionMiddleware:
         self.same_site = same_site
         self.host_prefix = host_prefix
         self.secure = secure
+
+    @classmethod
+    def documented_errors(
+        cls, options: Mapping[str, Any]
+    ) -> list[tuple[str, frozenset[str] | None, str]]:
+        """What ``install_error_handlers`` adds to the OpenAPI schema for this middleware:
+        the 413 of session data over the store's limit, and the CSRF check's 403 unless
+        it was added with ``csrf=False``."""
+        answers: list[tuple[str, frozenset[str] | None, str]] = [
+            ("413", None, "Session data over the store's limit: session_too_large")
+        ]
+        if options.get("csrf", True):
+            answers += CSRFMiddleware.documented_errors(options)
+        return answers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Give the request its session; save it and set the cookie when the response starts."""
