@@ -583,7 +583,8 @@ class BaseRepository(Generic[ModelT]):
     async def update(self, id: Any, /, **fields: Any) -> ModelT:
         """Set ``fields`` on the row with ``id`` and flush; raises ``EntityNotFoundError``.
 
-        With ``writable`` declared, only those fields (ValueError before any SQL).
+        With ``writable`` declared, only those fields (ValueError before any SQL). With no
+        fields, the entity is returned unchanged (no UPDATE is sent).
         """
         return await self._update(id, fields, checked=True)
 
@@ -591,7 +592,9 @@ class BaseRepository(Generic[ModelT]):
         """:meth:`update`; ``checked=False`` for the library's own fields (``deleted_at``),
         which ``writable`` does not govern."""
         if not fields:
-            raise ValueError(f"update() of {self._name} needs at least one field to set")
+            # Nothing to change (a PATCH with an empty body): the row as it is, still
+            # EntityNotFoundError when there is none, and no UPDATE.
+            return await self.get_one(id)
         values = self._values(fields, "update") if checked else dict(fields)
         pk_names = {col.key for col in self._mapper.primary_key if col.key is not None}
         changed_keys = sorted(pk_names & set(values))
