@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from aegis_shared.database import BaseRepository, DatabaseManager
-from aegis_shared.errors.exceptions import EntityNotFoundError
+from aegis_shared.errors.exceptions import DuplicateEntityError, EntityNotFoundError
 from aegis_shared.models import NAMING_CONVENTION
 from aegis_shared.testing import count_queries
 from tests.conftest import MakeDb
@@ -270,6 +270,16 @@ async def test_get_or_create_is_race_safe(wdb: DatabaseManager) -> None:
         assert await AuthorRepository(session).count({"username": "race"}) == 1
 
 
+async def test_get_or_create_when_another_unique_key_is_taken(wdb: DatabaseManager) -> None:
+    async with wdb.session() as session:
+        # The id is taken by another row than the one looked up: neither found nor made.
+        with pytest.raises(DuplicateEntityError, match="another unique field"):
+            await ArticleRepository(session).get_or_create(
+                defaults={"id": 1, "title": "X"}, author_id=2, slug="zz"
+            )
+    assert len(await _articles(wdb)) == 3
+
+
 async def test_get_or_create_bad_input(wdb: DatabaseManager) -> None:
     with count_queries(wdb) as counter:
         async with wdb.session() as session:
@@ -312,6 +322,20 @@ async def test_upsert_by_primary_key_updates_every_other_column(wdb: DatabaseMan
         )
         assert (loaded.title, loaded.views, loaded.author_id) == ("B2", 9, 2)
     assert (await _articles(wdb))[2] == ("b", "B2", 9)
+
+
+async def test_upsert_with_no_update_columns_skips_taken_keys(wdb: DatabaseManager) -> None:
+    async with wdb.session() as session:
+        await ArticleRepository(session).upsert(
+            [
+                {"author_id": 1, "slug": "a", "title": "ignored"},
+                {"author_id": 1, "slug": "f", "title": "F"},
+            ],
+            conflict=["author_id", "slug"],
+            update=[],
+        )
+    titles = sorted(t for _, t, _ in (await _articles(wdb)).values())
+    assert titles == ["A", "B", "C", "F"]
 
 
 @pytest.mark.parametrize(

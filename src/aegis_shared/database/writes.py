@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from sqlalchemy import Table, delete, exc, select, update
+from sqlalchemy import Index, Table, UniqueConstraint, delete, exc, select, tuple_, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapper
@@ -66,8 +66,6 @@ async def refresh_loaded(session: AsyncSession, mapper: Mapper[Any]) -> None:
     if len(columns) == 1:
         condition = columns[0].in_([key[0] for key in keys])
     else:
-        from sqlalchemy import tuple_
-
         condition = tuple_(*columns).in_([tuple(key) for key in keys])
     statement = select(mapper.class_).where(condition).execution_options(populate_existing=True)
     found = {id(obj) for obj in (await session.scalars(statement)).all()}
@@ -174,8 +172,6 @@ async def select_one(
 
 def unique_keys(table: Table) -> list[frozenset[str]]:
     """The column-name sets of the table's primary key and unique constraints/indexes."""
-    from sqlalchemy import Index, UniqueConstraint
-
     keys = [frozenset(column.name for column in table.primary_key.columns)]
     for constraint in table.constraints:
         if isinstance(constraint, UniqueConstraint):
