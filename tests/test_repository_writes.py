@@ -14,7 +14,7 @@ from sqlalchemy import ForeignKey, Integer, MetaData, String, UniqueConstraint, 
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from aegis_shared.database import BaseRepository, DatabaseManager
+from aegis_shared.database import BaseRepository, DatabaseManager, UnitOfWork
 from aegis_shared.errors.exceptions import DuplicateEntityError, EntityNotFoundError
 from aegis_shared.models import NAMING_CONVENTION
 from aegis_shared.testing import count_queries
@@ -270,6 +270,24 @@ async def test_get_or_create_is_race_safe(wdb: DatabaseManager) -> None:
         assert await AuthorRepository(session).count({"username": "race"}) == 1
 
 
+class WritesUnitOfWork(UnitOfWork):
+    authors: AuthorRepository
+
+
+async def test_get_or_create_is_race_safe_in_units_of_work(wdb: DatabaseManager) -> None:
+    async def one() -> tuple[int, bool]:
+        async with WritesUnitOfWork() as uow:
+            author, created = await uow.authors.get_or_create(username="uow")
+            await uow.commit()
+            return author.id, created
+
+    results = await asyncio.gather(*(one() for _ in range(100)))
+    assert len({author_id for author_id, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    async with wdb.session() as session:
+        assert await AuthorRepository(session).count({"username": "uow"}) == 1
+
+
 async def test_get_or_create_when_another_unique_key_is_taken(wdb: DatabaseManager) -> None:
     async with wdb.session() as session:
         # The id is taken by another row than the one looked up: neither found nor made.
@@ -369,3 +387,16 @@ async def test_upsert_respects_writable(wdb: DatabaseManager) -> None:
                     conflict=["author_id", "slug"],
                 )
     assert counter.count == 0
+
+
+async def test_concurrent_upserts_of_one_key_leave_one_row(wdb: DatabaseManager) -> None:
+    async def one(n: int) -> int:
+        async with wdb.session() as session:
+            return await ArticleRepository(session).upsert(
+                [{"author_id": 2, "slug": "hot", "title": f"T{n}", "views": n}],
+                conflict=["author_id", "slug"],
+            )
+
+    assert await asyncio.gather(*(one(n) for n in range(20))) == [1] * 20
+    hot = [v for v in (await _articles(wdb)).values() if v[0] == "hot"]
+    assert len(hot) == 1 and hot[0][1] == f"T{hot[0][2]}"  # one writer's whole row
