@@ -458,8 +458,11 @@ async def test_update(db: DatabaseManager) -> None:
 
         with pytest.raises(EntityNotFoundError, match="User with id 4242 not found"):
             await repo.update(4242, name="ghost")
-        with pytest.raises(ValueError, match="at least one field"):
-            await repo.update(ids["bob"])
+        # No fields: the entity as it is (issue 11), and still not found for a missing id.
+        unchanged = await repo.update(ids["bob"])
+        assert unchanged is updated and unchanged.name == "robert"
+        with pytest.raises(EntityNotFoundError, match="User with id 4242 not found"):
+            await repo.update(4242)
 
     stored = await stored_users(db)
     assert stored[ids["bob"]] == ("bob@example.com", "robert", None)
