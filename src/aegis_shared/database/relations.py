@@ -229,15 +229,33 @@ def _skipping_insert(table: Table, dialect: Dialect) -> Any:
     raise NotImplementedError(f"links by id are not available on {dialect.name}")
 
 
-async def link(session: AsyncSession, mapper: Mapper[Any], key: str, id: Any, ids: Any) -> int:
-    """Add the links from the row ``id`` to the rows ``ids``; returns how many were new."""
+def _link_request(
+    session: AsyncSession,
+    mapper: Mapper[Any],
+    key: str,
+    id: Any,
+    ids: Any,
+    id_text: str,
+    ids_text: str,
+) -> tuple[Relation, Any, list[Any], Dialect] | None:
+    """The relationship, parent id, target ids (those a row can have) and dialect of a
+    link call, all checked before any SQL; ``None`` when no row can have the parent id."""
     rel = relation(mapper, key, write=True)
-    parent_id = _id(mapper, "the id to link from", id)
-    targets = _ids(rel.target, "the ids to link", ids)
+    parent_id = _id(mapper, id_text, id)
+    targets = _ids(rel.target, ids_text, ids)
     dialect = _dialect(session, mapper)
     if integer_ranges.ranges_for(mapper, dialect).impossible_id(parent_id):
-        return 0
+        return None
     targets = _possible(integer_ranges.ranges_for(rel.target, dialect), targets)
+    return rel, parent_id, targets, dialect
+
+
+async def link(session: AsyncSession, mapper: Mapper[Any], key: str, id: Any, ids: Any) -> int:
+    """Add the links from the row ``id`` to the rows ``ids``; returns how many were new."""
+    request = _link_request(session, mapper, key, id, ids, "the id to link from", "the ids to link")
+    if request is None:
+        return 0
+    rel, parent_id, targets, dialect = request
     if not targets:
         return 0
     statement = _link_statement(rel, dialect, parent_id, targets)
@@ -295,13 +313,12 @@ def _link_statement(rel: Relation, dialect: Dialect, parent_id: Any, targets: li
 
 async def unlink(session: AsyncSession, mapper: Mapper[Any], key: str, id: Any, ids: Any) -> int:
     """Remove the links from the row ``id`` to the rows ``ids``; returns how many went."""
-    rel = relation(mapper, key, write=True)
-    parent_id = _id(mapper, "the id to unlink from", id)
-    targets = _ids(rel.target, "the ids to unlink", ids)
-    dialect = _dialect(session, mapper)
-    if integer_ranges.ranges_for(mapper, dialect).impossible_id(parent_id):
+    request = _link_request(
+        session, mapper, key, id, ids, "the id to unlink from", "the ids to unlink"
+    )
+    if request is None:
         return 0
-    targets = _possible(integer_ranges.ranges_for(rel.target, dialect), targets)
+    rel, parent_id, targets, _ = request
     if not targets:
         return 0
     statement = delete(rel.holder).where(rel.local == parent_id, rel.remote.in_(targets))
@@ -318,13 +335,12 @@ async def set_links(
     """Make the links from the row ``id`` exactly those to ``ids``: one DELETE of the
     others, then (when ``ids`` is not empty) one INSERT of the missing ones; on PostgreSQL
     both in one statement."""
-    rel = relation(mapper, key, write=True)
-    parent_id = _id(mapper, "the id to set links of", id)
-    targets = _ids(rel.target, "the ids to link", ids)
-    dialect = _dialect(session, mapper)
-    if integer_ranges.ranges_for(mapper, dialect).impossible_id(parent_id):
+    request = _link_request(
+        session, mapper, key, id, ids, "the id to set links of", "the ids to link"
+    )
+    if request is None:
         return LinkChanges(0, 0)
-    targets = _possible(integer_ranges.ranges_for(rel.target, dialect), targets)
+    rel, parent_id, targets, dialect = request
     condition = rel.local == parent_id
     if targets:
         condition = condition & rel.remote.not_in(targets)

@@ -906,19 +906,23 @@ class BaseRepository(Generic[ModelT]):
             )
         return self._query(filters)
 
+    def _check_columns(self, names: Iterable[str], purpose: str) -> None:
+        """Refuse names that are not column attributes (a relationship, a typo)."""
+        columns = self._mapper.column_attrs
+        unknown = sorted(_shown(name) for name in names if name not in columns)
+        if unknown:
+            raise ValueError(
+                f"{self._name} has no column {', '.join(unknown)} to {purpose}; "
+                f"known: {', '.join(sorted(columns.keys()))}"
+            )
+
     def _set_values(
         self, values: Mapping[str, Any], purpose: str, *, primary_key: bool = False
     ) -> dict[str, Any]:
         """``values`` checked for a statement that bypasses the ORM: ``writable``, then
         columns only (a relationship cannot be set by an UPDATE), never the primary key."""
         self._check_writable(values)
-        columns = self._mapper.column_attrs
-        unknown = sorted(_shown(name) for name in values if name not in columns)
-        if unknown:
-            raise ValueError(
-                f"{self._name} has no column {', '.join(unknown)} to {purpose}; "
-                f"known: {', '.join(sorted(columns.keys()))}"
-            )
+        self._check_columns(values, purpose)
         pk_names = {self._mapper.get_property_by_column(c).key for c in self._mapper.primary_key}
         changed = sorted(pk_names & set(values))
         if changed and not primary_key:
@@ -1044,13 +1048,7 @@ class BaseRepository(Generic[ModelT]):
                     f"{sorted(item)}, another {sorted(keys)}"
                 )
         self._check_writable(keys)
-        columns = self._mapper.column_attrs
-        unknown = sorted(_shown(k) for k in keys if k not in columns)
-        if unknown:
-            raise ValueError(
-                f"{self._name} has no column {', '.join(unknown)} to set; "
-                f"known: {', '.join(sorted(columns.keys()))}"
-            )
+        self._check_columns(keys, "set")
         if isinstance(conflict, str) or not conflict:
             raise ValueError("upsert() needs conflict=[column names of a unique key]")
         conflict_keys = [self._check_column(name, "upsert on") for name in conflict]

@@ -79,7 +79,24 @@ async def update_where(
 ) -> int:
     """One UPDATE of the rows matching ``query``, setting ``values``; the rows matched."""
     statement = update(mapper.class_).where(*query.conditions(mapper)).values(dict(values))
-    if not any(bulk.is_sql_expression(value) for value in values.values()):
+    evaluate = not any(bulk.is_sql_expression(value) for value in values.values())
+    return await _run_keeping_loaded_in_step(session, mapper, statement, evaluate=evaluate)
+
+
+async def delete_where(session: AsyncSession, mapper: Mapper[Any], query: lookups.Query) -> int:
+    """One DELETE of the rows matching ``query``; the rows deleted (0 when none were left,
+    also when a concurrent transaction deleted them first)."""
+    statement = delete(mapper.class_).where(*query.conditions(mapper))
+    return await _run_keeping_loaded_in_step(session, mapper, statement, evaluate=True)
+
+
+async def _run_keeping_loaded_in_step(
+    session: AsyncSession, mapper: Mapper[Any], statement: Any, *, evaluate: bool
+) -> int:
+    """Run a bulk UPDATE or DELETE; the rows it matched. The session's loaded objects are
+    kept in step by evaluating the criteria in Python where SQLAlchemy can, otherwise by
+    re-reading them once afterwards."""
+    if evaluate:
         try:
             result: Any = await session.execute(
                 statement, execution_options={"synchronize_session": "evaluate"}
@@ -88,23 +105,6 @@ async def update_where(
         except exc.InvalidRequestError as error:
             if not _unevaluatable(error):
                 raise
-    result = await session.execute(statement, execution_options={"synchronize_session": False})
-    await refresh_loaded(session, mapper)
-    return int(result.rowcount)
-
-
-async def delete_where(session: AsyncSession, mapper: Mapper[Any], query: lookups.Query) -> int:
-    """One DELETE of the rows matching ``query``; the rows deleted (0 when none were left,
-    also when a concurrent transaction deleted them first)."""
-    statement = delete(mapper.class_).where(*query.conditions(mapper))
-    try:
-        result: Any = await session.execute(
-            statement, execution_options={"synchronize_session": "evaluate"}
-        )
-        return int(result.rowcount)
-    except exc.InvalidRequestError as error:
-        if not _unevaluatable(error):
-            raise
     result = await session.execute(statement, execution_options={"synchronize_session": False})
     await refresh_loaded(session, mapper)
     return int(result.rowcount)
