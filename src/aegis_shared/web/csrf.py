@@ -43,18 +43,14 @@ import hmac
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from email.message import Message as _MimeHeader
 from http.cookies import SimpleCookie
 from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from aegis_shared.web.asgi import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("aegis_shared.web")
 

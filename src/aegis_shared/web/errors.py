@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table
@@ -38,6 +38,7 @@ from aegis_shared.errors.exceptions import (
 )
 from aegis_shared.errors.redaction import mask_urls
 from aegis_shared.models import Base
+from aegis_shared.web.asgi import Send
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -276,7 +277,7 @@ def _log_error(error: BaseException, status: int, code: str, where: str) -> None
 
 
 async def send_error(
-    send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    send: Send,
     error: BaseException,
     where: str,
     *,

@@ -8,19 +8,12 @@ response starts.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 from aegis_shared.database.manager import DatabaseManager
 from aegis_shared.database.registry import get_database
 from aegis_shared.database.request_scope import STATE_KEY, RequestSession, current_request_session
+from aegis_shared.web.asgi import ASGIApp, Message, Receive, Scope, Send
 from aegis_shared.web.errors import send_error
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 logger = logging.getLogger("aegis_shared.web")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from http.cookies import SimpleCookie
 from typing import Any, Final, Literal
 
@@ -21,14 +21,9 @@ from starlette.requests import HTTPConnection
 from aegis_shared.errors.exceptions import DatabaseError
 from aegis_shared.sessions.ids import is_session_id, session_key
 from aegis_shared.sessions.store import SessionDataTooLargeError, SessionStore
+from aegis_shared.web.asgi import ASGIApp, Message, Receive, Scope, Send
 from aegis_shared.web.csrf import CSRFMiddleware, CSRFTokens
 from aegis_shared.web.errors import send_error
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 STATE_KEY: Final = "aegis.http_session"
 _HOST_PREFIX: Final = "__Host-"
