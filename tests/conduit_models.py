@@ -7,6 +7,8 @@ Its own metadata, so only the tests that ask for these tables create them:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sqlalchemy import Column, ForeignKey, MetaData, String, Table, Text
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -84,6 +86,11 @@ class Article(IntegerIdMixin, TimestampMixin, ConduitBase):
     comments: Mapped[list[Comment]] = relationship(
         back_populates="article", cascade="all, delete-orphan"
     )
+
+    if TYPE_CHECKING:
+        # Set by list(annotate={"favorites_count": "favorited_by"}); declared here for
+        # type checkers only, where SQLAlchemy does not look for mapped attributes.
+        favorites_count: int
 
 
 class Comment(IntegerIdMixin, TimestampMixin, ConduitBase):

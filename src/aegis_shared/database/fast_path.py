@@ -242,11 +242,15 @@ class ModelReader:
 
     def plan(self, kind: str, shape: Any) -> _Plan:
         """The compiled statement of ``kind`` (get, list, count, exists) for ``shape``."""
-        key = (kind, shape)
+        return self.plan_of((kind, shape), lambda: self._statement(kind, shape))
+
+    def plan_of(self, key: Any, build: Callable[[], Select[Any]]) -> _Plan:
+        """The compiled statement cached under ``key``, made by ``build`` the first time:
+        for statements other modules shape (a list with per-row counts, annotations.py)."""
         plans = self.plans
         found = plans.get(key)
         if found is None:
-            found = plans[key] = _compile(self._statement(kind, shape), self.dialect)
+            found = plans[key] = _compile(build(), self.dialect)
             if len(plans) > MAX_PLANS:
                 plans.popitem(last=False)
         else:
@@ -262,7 +266,14 @@ class ModelReader:
             pk = self.columns[self.pk_index]
             return self._where(select(pk), shape).limit(bindparam("limit", type_=Integer))
         filters, ordering = shape
-        statement = self._where(select(*self.columns), filters)
+        return self.list_statement(filters, ordering)
+
+    def list_statement(
+        self, filters: FilterShape, ordering: Sequence[str], *extra: ColumnElement[Any]
+    ) -> Select[Any]:
+        """The ``list`` statement: the model's columns, then ``extra`` ones, filtered,
+        ordered by ``ordering`` (names, ``-name`` descending), with limit and offset."""
+        statement = self._where(select(*self.columns, *extra), filters)
         for key in ordering:
             column = self._column(key.lstrip("-"))
             statement = statement.order_by(column.desc() if key.startswith("-") else column.asc())

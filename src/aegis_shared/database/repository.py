@@ -23,7 +23,16 @@ from sqlalchemy.orm.interfaces import ORMOption
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.compiler import InsertmanyvaluesSentinelOpts
 
-from aegis_shared.database import bulk, fast_path, integer_ranges, lookups, relations, writes
+from aegis_shared.database import annotations as annotating
+from aegis_shared.database import (
+    bulk,
+    fast_path,
+    integer_ranges,
+    loading,
+    lookups,
+    relations,
+    writes,
+)
 from aegis_shared.errors.exceptions import DuplicateEntityError, EntityNotFoundError
 from aegis_shared.models.types import UTCDateTime
 
@@ -34,6 +43,10 @@ MAX_PAGE_SIZE_KEY = "aegis.max_page_size"
 Filters = Mapping[str, Any]
 Where = Sequence[ColumnElement[bool]]
 OrderBy = str | ColumnElement[Any] | InstrumentedAttribute[Any]
+#: ``load=``: relationship names (or ``__`` paths) to load with the rows.
+Load = Sequence[str]
+#: ``annotate=``: attribute name -> to-many relationship whose links each row counts.
+Annotate = Mapping[str, str]
 
 
 #: Most terms one ``order_by`` may hold. Each distinct ordering compiles (and caches) its
@@ -636,21 +649,31 @@ class BaseRepository(Generic[ModelT]):
     # -- reads ----------------------------------------------------------------------------
 
     async def get_by_id(
-        self, id: Any, *, options: Sequence[ORMOption] | None = None
+        self,
+        id: Any,
+        *,
+        options: Sequence[ORMOption] | None = None,
+        load: Load | None = None,
     ) -> ModelT | None:
         """The row with primary key ``id``, or ``None``.
 
-        With ``options`` (``selectinload(...)``) the row is read again even if this session
-        already holds it, so the requested relationships are really loaded. An integer id
-        its column cannot hold (``2**70``) is not found, without a query.
+        ``load=["author", "tags"]`` loads those relationships with it (see
+        :mod:`~aegis_shared.database.loading`; ValueError for an unknown name, before any
+        SQL). With ``options`` (``selectinload(...)``) the row is read again even if this
+        session already holds it, so the requested relationships are really loaded. An
+        integer id its column cannot hold (``2**70``) is not found, without a query.
         """
+        paths = loading.parse(self._mapper, load)
         if self._ranges().impossible_id(id):
             return None
+        combined = loading.with_options(self._mapper, paths, options)
         if options:
-            return await self.session.get(self.model, id, options=options, populate_existing=True)
-        found = await self._fast_get(id)
+            return await self.session.get(self.model, id, options=combined, populate_existing=True)
+        found = await self._fast_get(id, paths)
         if found is not fast_path.UNAVAILABLE:
             return found  # type: ignore[no-any-return]
+        if combined:
+            return await self.session.get(self.model, id, options=combined, populate_existing=True)
         return await self.session.get(self.model, id)
 
     def _fast_reader(self) -> tuple[Any, fast_path.ModelReader] | None:
@@ -675,32 +698,54 @@ class BaseRepository(Generic[ModelT]):
         rows = await fast_path.run(self.session, engine, reader.plan(kind, shape), values)
         return None if isinstance(rows, fast_path.Unavailable) else rows
 
-    async def _fast_get(self, id: Any) -> Any:
+    async def _fast_get(self, id: Any, paths: tuple[loading.Path, ...] = ()) -> Any:
         ready = self._fast_reader() if id is not None else None
-        if ready is None:
+        plan = self._fast_load_plan(ready, paths)
+        if ready is None or plan is None:
             return fast_path.UNAVAILABLE
-        cached = fast_path.cached_instance(self.session, ready[1], id)
-        if cached is not None:
-            return cached
-        rows = await self._fast_rows(ready, "get", None, {"pk": id})
-        if rows is None:
+        found = fast_path.cached_instance(self.session, ready[1], id)
+        if found is None:
+            rows = await self._fast_rows(ready, "get", None, {"pk": id})
+            if rows is None:
+                return fast_path.UNAVAILABLE
+            if not rows:
+                return None
+            found = fast_path.attach(self.session, ready[1], rows)[0]
+        if paths and not await loading.load_fast(self.session, ready[0], plan, [found]):
             return fast_path.UNAVAILABLE
-        return fast_path.attach(self.session, ready[1], rows)[0] if rows else None
+        return found
 
-    async def get_one(self, id: Any, *, options: Sequence[ORMOption] | None = None) -> ModelT:
-        """The row with primary key ``id``; raises ``EntityNotFoundError`` if there is none."""
-        instance = await self.get_by_id(id, options=options)
+    def _fast_load_plan(
+        self, ready: tuple[Any, fast_path.ModelReader] | None, paths: tuple[loading.Path, ...]
+    ) -> Any:
+        """How ``load=`` runs on the fast path (``()`` for nothing to load), or ``None``
+        when a relationship needs the ORM: then the whole read takes the ORM path."""
+        if not paths or ready is None:
+            return ()
+        return loading.fast_plan(self._mapper, paths, ready[0])
+
+    async def get_one(
+        self,
+        id: Any,
+        *,
+        options: Sequence[ORMOption] | None = None,
+        load: Load | None = None,
+    ) -> ModelT:
+        """The row with primary key ``id``, with ``load=`` as :meth:`get_by_id` takes it;
+        raises ``EntityNotFoundError`` if there is none."""
+        instance = await self.get_by_id(id, options=options, load=load)
         if instance is None:
             raise EntityNotFoundError(self._name, id)
         return instance
 
-    async def get_by(self, **filters: Any) -> ModelT | None:
+    async def get_by(self, *, load: Load | None = None, **filters: Any) -> ModelT | None:
         """The one row matching ``filters`` (the grammar of :meth:`list`), or ``None``.
 
         Meant for unique fields: ``get_by(slug="how-to-train")``,
         ``get_by(email__ilike="jake@example.com")``. Raises ``ValueError`` when more than
         one row matches, rather than picking one by chance (one statement either way: it
-        asks for two rows). ``filterable`` applies, as to every filter.
+        asks for two rows). ``filterable`` applies, as to every filter. ``load=`` as
+        :meth:`list` takes it (so ``load`` is not a filter name here).
         """
         if not filters:
             raise ValueError(
@@ -708,9 +753,10 @@ class BaseRepository(Generic[ModelT]):
                 "get_by(slug='how-to-train'); use get_by_id() for the primary key"
             )
         query = self._query(filters)
+        paths = loading.parse(self._mapper, load)
         if query is None:
             return None
-        rows = await self._list(query, self._order_keys(None), None, 0, 2, None)
+        rows = await self._list(query, self._order_keys(None), None, 0, 2, None, paths)
         if len(rows) > 1:
             described = ", ".join(f"{name}={lookups.shown(v)}" for name, v in filters.items())
             raise ValueError(
@@ -719,10 +765,10 @@ class BaseRepository(Generic[ModelT]):
             )
         return rows[0] if rows else None
 
-    async def get_one_by(self, **filters: Any) -> ModelT:
+    async def get_one_by(self, *, load: Load | None = None, **filters: Any) -> ModelT:
         """:meth:`get_by`, raising ``EntityNotFoundError`` naming the filters ("Article
         with slug 'how-to-train' not found") when no row matches."""
-        instance = await self.get_by(**filters)
+        instance = await self.get_by(load=load, **filters)
         if instance is None:
             raise EntityNotFoundError(self._name, filters=filters)
         return instance
@@ -737,6 +783,8 @@ class BaseRepository(Generic[ModelT]):
         *,
         exclude: Filters | None = None,
         where: Where | None = None,
+        load: Load | None = None,
+        annotate: Annotate | None = None,
     ) -> list[ModelT]:
         """Rows matching ``filters``, ordered by ``order_by`` (column names, ``-name`` for
         descending; the primary key by default), ``limit`` rows (100 by default) from
@@ -748,13 +796,21 @@ class BaseRepository(Generic[ModelT]):
         for every lookup). ``exclude`` takes the same grammar and leaves out the rows that
         match all of it; ``where`` adds SQLAlchemy expressions (``User.age > User.rank``).
         Wrong names, lookups or values raise ``ValueError`` before any SQL. An integer no
-        row can hold matches nothing (and is dropped from an IN list), without a query."""
+        row can hold matches nothing (and is dropped from an IN list), without a query.
+
+        ``load=["author", "tags"]`` loads those relationships of every row, one statement
+        per relationship (:mod:`~aegis_shared.database.loading`); ``annotate={"favorites_count":
+        "favorited_by"}`` sets on each row the count of that to-many relationship, in the
+        same statement (:mod:`~aegis_shared.database.annotations`). Both combine with
+        ``options=`` and are checked before any SQL."""
         query = self._query(filters, exclude, where)
         keys = self._order_keys(order_by)
         skip, limit = self._skip(skip), self._limit(limit)
+        paths = loading.parse(self._mapper, load)
+        counts = annotating.parse(self._mapper, annotate)
         if query is None:
             return []
-        return await self._list(query, keys, order_by, skip, limit, options)
+        return await self._list(query, keys, order_by, skip, limit, options, paths, counts)
 
     async def _list(
         self,
@@ -764,29 +820,61 @@ class BaseRepository(Generic[ModelT]):
         skip: int,
         limit: int,
         options: Sequence[ORMOption] | None,
+        paths: tuple[loading.Path, ...] = (),
+        counts: annotating.Annotations = (),
     ) -> builtins.list[ModelT]:
         if not options and keys is not None:
-            rows = await self._fast_list(query, keys, skip, limit)
+            rows = await self._fast_list(query, keys, skip, limit, paths, counts)
             if rows is not None:
                 return rows
         statement = select(self.model).where(*query.conditions(self._mapper))
+        if counts:
+            statement = statement.add_columns(*annotating.columns(self._mapper, counts))
         statement = statement.order_by(*self._ordering(order_by))
         statement = statement.offset(skip).limit(limit)
-        if options:
-            statement = statement.options(*options)
-        result = await self.session.scalars(statement)
-        return list(result.all())
+        combined = loading.with_options(self._mapper, paths, options)
+        if combined:
+            statement = statement.options(*combined)
+        if not counts:
+            result = await self.session.scalars(statement)
+            return list(result.all())
+        found = (await self.session.execute(statement)).all()
+        instances = [row[0] for row in found]
+        annotating.apply(instances, [tuple(row)[1:] for row in found], counts)
+        return instances
 
     async def _fast_list(
-        self, query: lookups.Query, keys: tuple[str, ...], skip: int, limit: int
+        self,
+        query: lookups.Query,
+        keys: tuple[str, ...],
+        skip: int,
+        limit: int,
+        paths: tuple[loading.Path, ...] = (),
+        counts: annotating.Annotations = (),
     ) -> builtins.list[ModelT] | None:
         shape = query.fast()
         ready = self._fast_reader() if shape is not None else None
-        if ready is None or shape is None:
+        plan = self._fast_load_plan(ready, paths)
+        if ready is None or shape is None or plan is None:
             return None
         values = {**shape[1], "limit": limit, "offset": skip}
-        rows = await self._fast_rows(ready, "list", (shape[0], keys), values)
-        return None if rows is None else fast_path.attach(self.session, ready[1], rows)
+        if not counts:
+            rows = await self._fast_rows(ready, "list", (shape[0], keys), values)
+            if rows is None:
+                return None
+            instances = fast_path.attach(self.session, ready[1], rows)
+        else:
+            engine, reader = ready
+            compiled = annotating.fast_plan(reader, shape[0], keys, counts)
+            found = await fast_path.run(self.session, engine, compiled, values)
+            if isinstance(found, fast_path.Unavailable):
+                return None
+            width = len(reader.columns)
+            instances = fast_path.attach(self.session, reader, [row[:width] for row in found])
+            annotating.apply(instances, [tuple(row)[width:] for row in found], counts)
+        if paths and not await loading.load_fast(self.session, ready[0], plan, instances):
+            return None
+        return instances
 
     async def count(
         self,
@@ -871,9 +959,11 @@ class BaseRepository(Generic[ModelT]):
         *,
         exclude: Filters | None = None,
         where: Where | None = None,
+        load: Load | None = None,
+        annotate: Annotate | None = None,
     ) -> Page[ModelT]:
         """Page ``page`` (from 1) of ``page_size`` rows, with the total count; ``filters``,
-        ``exclude`` and ``where`` as :meth:`list` takes them."""
+        ``exclude``, ``where``, ``load`` and ``annotate`` as :meth:`list` takes them."""
         _whole_number("page", page, 1)
         _whole_number("page_size", page_size, 1)
         size = self._limit(page_size)
@@ -885,6 +975,8 @@ class BaseRepository(Generic[ModelT]):
             options=options,
             exclude=exclude,
             where=where,
+            load=load,
+            annotate=annotate,
         )
         total = await self.count(filters, exclude=exclude, where=where)
         return Page(items=items, total=total, page=page, page_size=size)
