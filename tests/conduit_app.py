@@ -15,7 +15,7 @@ most six statements (tests/test_conduit.py checks it on every backend):
 Anonymous readers skip 5 and 6.
 
 Also :func:`seed`: a data set with ties in ``created_at``, articles without tags or
-favorites, a user with no articles and a user who follows themselves.
+favorites, a user with no articles, a user who follows themselves, and a few comments.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from aegis_shared.database import DatabaseManager
 from tests.conduit_models import (
     Article,
     ArticleRepository,
+    CommentRepository,
     ConduitUser,
     ConduitUserRepository,
     TagRepository,
@@ -145,6 +146,7 @@ FOLLOWS = [(1, 2), (1, 3), (2, 1), (3, 2), (4, 1), (4, 2), (6, 4)]
 SELF_FOLLOW = (4, 4)
 TAGS = ["dragons", "training", "zoo", "python", "unused"]
 ARTICLE_COUNT = 26
+COMMENTS = [("Nice one!", 1, 2), ("nice, but long", 1, 3), ("Meh", 2, 1)]  # body, article, author
 BASE_TIME = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
@@ -152,7 +154,7 @@ def article_spec(i: int) -> dict[str, Any]:
     """Article ``i`` (0-based; id ``i + 1``): author, time (pairs share an instant), tags
     (none for every fourth), favoriting users (none for every seventh)."""
     tags = [] if i % 4 == 0 else sorted({TAGS[i % 3], TAGS[(i * 7) % 4]})
-    fans = [] if i % 7 == 0 else [u for u in range(1, 7) if (i + u) % 3 == 0]
+    fans = [] if i % 7 == 0 else [u for u in range(1, 7) if (i + u) % (2 + i % 3) == 0]
     return {
         "slug": f"article-{i + 1:02d}",
         "title": f"Article {i + 1}",
@@ -191,3 +193,6 @@ async def seed(db: DatabaseManager) -> None:
             assert article.id == int(spec["slug"].rsplit("-", 1)[1])
             await articles.set_links("tags", article.id, [tag_ids[t] for t in spec["tags"]])
             await articles.link("favorited_by", article.id, spec["fans"])
+        await CommentRepository(session).create_many(
+            [{"body": body, "article_id": a, "author_id": u} for body, a, u in COMMENTS]
+        )

@@ -13,8 +13,10 @@ Every relationship is loaded "select IN" style, one statement per relationship o
   rows there are, and adding a relationship adds one;
 * the first statement stays the one ``list()`` sends without ``load=``, so ``limit`` and
   ``offset`` count articles, never joined rows, and the fast path keeps it;
-* an author of many articles is read once, not once per article as a join repeats it,
-  and a to-one whose object the session already holds (unexpired) is not read at all.
+* an author of many articles is read once, not once per article as a join repeats it;
+  on the fast path a to-one whose object the session already holds (unexpired) is not
+  read at all, nor is a relationship an object already has loaded (the ORM's
+  ``selectinload`` reads both again and keeps the objects it has).
 
 A join would save one round trip for a to-one and cost a wider row per parent; the
 statement count the tests pin (and the docs promise) is the simpler rule above.
