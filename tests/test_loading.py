@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
@@ -348,3 +349,30 @@ async def test_bad_input_raises_before_any_sql(
             await call(ArticleRepository(session))
         assert counter.statements == []
     assert message in str(caught.value)
+
+
+async def test_a_response_model_reads_loaded_relationships_and_counts(
+    db: DatabaseManager,
+) -> None:
+    class TagOut(BaseModel):
+        model_config = ConfigDict(from_attributes=True)
+        name: str
+
+    class ArticleOut(BaseModel):
+        model_config = ConfigDict(from_attributes=True)
+        slug: str
+        tags: list[TagOut]
+        favorites_count: int
+
+    async with db.session() as session:
+        (article,) = await ArticleRepository(session).list(
+            filters={"slug": "article-04"},
+            load=["tags"],
+            annotate={"favorites_count": "favorited_by"},
+        )
+    out = ArticleOut.model_validate(article)
+    assert out.model_dump() == {
+        "slug": "article-04",
+        "tags": [{"name": "dragons"}, {"name": "training"}],
+        "favorites_count": 3,
+    }
