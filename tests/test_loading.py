@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
+from sqlalchemy import ForeignKey, Integer, MetaData, String, select
+from sqlalchemy.ext.asyncio import AsyncAttrs
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload
 
-from aegis_shared.database import DatabaseManager, loading
+from aegis_shared.database import BaseRepository, DatabaseManager, loading
 from aegis_shared.errors.exceptions import RelationshipNotLoadedError
+from aegis_shared.models import NAMING_CONVENTION
 from aegis_shared.testing import count_queries
 from tests import conduit_app
 from tests.conduit_models import (
@@ -376,3 +378,60 @@ async def test_a_response_model_reads_loaded_relationships_and_counts(
         "tags": [{"name": "dragons"}, {"name": "training"}],
         "favorites_count": 3,
     }
+
+
+# -- relationships only the ORM loads as declared -----------------------------------------------
+
+
+class OrderedBase(AsyncAttrs, DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Post(OrderedBase):
+    __tablename__ = "ld_posts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    title: Mapped[str] = mapped_column(String(50))
+    #: Ordered: the fast path's loader does not order, so this takes the ORM path.
+    notes: Mapped[list[Note]] = relationship(order_by=lambda: Note.position.desc())
+    plain_notes: Mapped[list[Note]] = relationship(viewonly=True)
+
+
+class Note(OrderedBase):
+    __tablename__ = "ld_notes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    post_id: Mapped[int] = mapped_column(ForeignKey("ld_posts.id"))
+    position: Mapped[int] = mapped_column(Integer)
+
+
+class Posts(BaseRepository[Post]):
+    pass
+
+
+async def test_an_ordered_relationship_is_loaded_in_its_order(make_db: MakeDb) -> None:
+    db = await make_db(OrderedBase.metadata)
+    async with db.session() as session:
+        session.add_all([Post(id=1, title="a"), Post(id=2, title="b")])
+        await session.flush()
+        session.add_all(
+            [Note(id=i, post_id=2 - i % 2, position=p) for i, p in enumerate([3, 9, 1, 7, 5], 1)]
+        )
+    for load in (["notes"], ["notes", "plain_notes"]):
+        async with db.session() as session:
+            with count_queries(db) as counter:
+                posts = await Posts(session).list(load=load)
+                one = await Posts(session).get_by_id(1, load=load)
+            assert counter.count == 2 * (1 + len(load)), counter.statements
+        assert [[n.position for n in p.notes] for p in posts] == [[5, 3, 1], [9, 7]]
+        assert one is posts[0]
+        if "plain_notes" in load:
+            assert [sorted(n.id for n in p.plain_notes) for p in posts] == [[1, 3, 5], [2, 4]]
+    async with db.session() as session:
+        with count_queries(db) as counter:
+            (fast,) = await Posts(session).list(filters={"id": 2}, load=["plain_notes"])
+        assert counter.count == 2
+        with count_queries(db) as counter:
+            again = await Posts(session).get_by_id(2, load=["plain_notes"])
+        # Held, with the relationship loaded: nothing to read on the fast path.
+        assert again is fast and counter.count == (0 if db.fast_path else 2)
