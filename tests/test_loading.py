@@ -305,6 +305,23 @@ BAD: dict[str, tuple[Callable[[ArticleRepository], Awaitable[Any]], str]] = {
         "articles, followers, following",
     ),
     "load not a name": (lambda r: r.list(load=[1]), "load takes relationship names"),
+    "load a mapping": (lambda r: r.list(load={"author": 1}), "load takes a list"),
+    "load nine": (
+        lambda r: r.list(
+            load=[
+                "author",
+                "tags",
+                "comments",
+                "favorited_by",
+                "author__articles",
+                "author__followers",
+                "author__following",
+                "tags__articles",
+                "comments__author",
+            ]
+        ),
+        "load names more than 8 relationships",
+    ),
     "load too deep": (
         lambda r: r.list(load=["author__articles__author__articles"]),
         "at most 3 are loaded",

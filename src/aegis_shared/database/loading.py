@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -70,7 +70,7 @@ def parse(mapper: Mapper[Any], load: Any) -> tuple[Path, ...]:
     if load is None:
         return ()
     model = mapper.class_.__name__
-    if isinstance(load, (str, bytes)) or not isinstance(load, Iterable):
+    if isinstance(load, (str, bytes, Mapping)) or not isinstance(load, Iterable):
         raise ValueError(
             f"load takes a list of relationship names of {model}, for example "
             f"load=['author', 'tags'], got {lookups.shown(load)}"
@@ -98,10 +98,11 @@ def parse(mapper: Mapper[Any], load: Any) -> tuple[Path, ...]:
             current = rel.mapper
         if path not in paths:
             paths.append(path)
-    if len(paths) > MAX_LOAD:
-        raise ValueError(
-            f"load names {len(paths)} relationships; at most {MAX_LOAD} are loaded in one call"
-        )
+        if len(paths) > MAX_LOAD:
+            raise ValueError(
+                f"load names more than {MAX_LOAD} relationships; at most {MAX_LOAD} are "
+                "loaded in one call"
+            )
     return tuple(paths)
 
 
