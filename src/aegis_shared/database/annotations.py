@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Mapper
-from sqlalchemy.sql import ColumnElement
+from sqlalchemy.sql import ColumnElement, Select
 
 from aegis_shared.database import fast_path, lookups, relations
 
@@ -111,10 +111,14 @@ def fast_plan(
 ) -> Any:
     """The fast path's ``list`` statement with the counts added, compiled once per shape."""
     key = ("annotated list", filters, tuple(ordering), annotations)
-    return reader.plan_of(
-        key,
-        lambda: reader.list_statement(filters, ordering, *columns(reader.mapper, annotations)),
-    )
+
+    def build() -> Select[Any]:
+        # The list's own statement (filters, order, limit, offset), with the counts added
+        # after the model's columns.
+        listed = reader._statement("list", (filters, tuple(ordering)))
+        return listed.add_columns(*columns(reader.mapper, annotations))
+
+    return reader.plan_of(key, build)
 
 
 def apply(instances: Sequence[Any], counts: Sequence[Sequence[Any]], names: Annotations) -> None:

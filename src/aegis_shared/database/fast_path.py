@@ -266,14 +266,7 @@ class ModelReader:
             pk = self.columns[self.pk_index]
             return self._where(select(pk), shape).limit(bindparam("limit", type_=Integer))
         filters, ordering = shape
-        return self.list_statement(filters, ordering)
-
-    def list_statement(
-        self, filters: FilterShape, ordering: Sequence[str], *extra: ColumnElement[Any]
-    ) -> Select[Any]:
-        """The ``list`` statement: the model's columns, then ``extra`` ones, filtered,
-        ordered by ``ordering`` (names, ``-name`` descending), with limit and offset."""
-        statement = self._where(select(*self.columns, *extra), filters)
+        statement = self._where(select(*self.columns), filters)
         for key in ordering:
             column = self._column(key.lstrip("-"))
             statement = statement.order_by(column.desc() if key.startswith("-") else column.asc())
