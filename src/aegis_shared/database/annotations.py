@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Mapper
 from sqlalchemy.sql import ColumnElement, Select
 
@@ -119,6 +120,27 @@ def fast_plan(
         return listed.add_columns(*columns(reader.mapper, annotations))
 
     return reader.plan_of(key, build)
+
+
+async def fast_list(
+    session: AsyncSession,
+    ready: tuple[AsyncEngine, fast_path.ModelReader],
+    filters: fast_path.FilterShape,
+    ordering: Sequence[str],
+    annotations: Annotations,
+    values: Mapping[str, Any],
+) -> list[Any] | None:
+    """The rows of a fast-path list with their counts set, or ``None`` when the fast path
+    turned out not to apply (the caller reads through the ORM)."""
+    engine, reader = ready
+    plan = fast_plan(reader, filters, ordering, annotations)
+    rows = await fast_path.run(session, engine, plan, values)
+    if isinstance(rows, fast_path.Unavailable):
+        return None
+    width = len(reader.columns)
+    instances = fast_path.attach(session, reader, [tuple(row)[:width] for row in rows])
+    apply(instances, [tuple(row)[width:] for row in rows], annotations)
+    return instances
 
 
 def apply(instances: Sequence[Any], counts: Sequence[Sequence[Any]], names: Annotations) -> None:

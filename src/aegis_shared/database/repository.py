@@ -858,20 +858,18 @@ class BaseRepository(Generic[ModelT]):
         if ready is None or shape is None or plan is None:
             return None
         values = {**shape[1], "limit": limit, "offset": skip}
-        if not counts:
+        if counts:
+            counted = await annotating.fast_list(
+                self.session, ready, shape[0], keys, counts, values
+            )
+            if counted is None:
+                return None
+            instances = counted
+        else:
             rows = await self._fast_rows(ready, "list", (shape[0], keys), values)
             if rows is None:
                 return None
             instances = fast_path.attach(self.session, ready[1], rows)
-        else:
-            engine, reader = ready
-            compiled = annotating.fast_plan(reader, shape[0], keys, counts)
-            found = await fast_path.run(self.session, engine, compiled, values)
-            if isinstance(found, fast_path.Unavailable):
-                return None
-            width = len(reader.columns)
-            instances = fast_path.attach(self.session, reader, [row[:width] for row in found])
-            annotating.apply(instances, [tuple(row)[width:] for row in found], counts)
         if paths and not await loading.load_fast(self.session, ready[0], plan, instances):
             return None
         return instances
