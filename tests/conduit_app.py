@@ -12,7 +12,7 @@ most six statements (tests/test_conduit.py checks it on every backend):
 5. which of them the reader favorited (``linked("favorited_by", ...)``),
 6. which of their authors the reader follows (``linked("followers", ...)``).
 
-Anonymous readers skip 5 and 6.
+Anonymous readers skip 5 and 6. :func:`make_app` serves both over FastAPI.
 
 Also :func:`seed`: a data set with ties in ``created_at``, articles without tags or
 favorites, a user with no articles, a user who follows themselves, and a few comments.
@@ -23,9 +23,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fastapi import Depends, FastAPI, Header
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aegis_shared.database import DatabaseManager
+from aegis_shared.database import DatabaseManager, UnitOfWork, get_session
+from aegis_shared.web import DatabaseSessionMiddleware, install_error_handlers
 from tests.conduit_models import (
     Article,
     ArticleRepository,
@@ -34,6 +36,15 @@ from tests.conduit_models import (
     ConduitUserRepository,
     TagRepository,
 )
+
+
+class ConduitUnitOfWork(UnitOfWork):
+    """The app's repositories, declared once: on the request's session in a handler
+    (``ConduitUnitOfWork.wrap(session)``), or on its own in background work."""
+
+    articles: ArticleRepository
+    users: ConduitUserRepository
+
 
 #: Newest first; articles created in the same instant by id, newest (highest) first, so
 #: every page of a listing is well defined.
@@ -77,7 +88,8 @@ async def _articles(
     limit: int,
     offset: int,
 ) -> dict[str, Any]:
-    articles, users = ArticleRepository(session), ConduitUserRepository(session)
+    uow = ConduitUnitOfWork.wrap(session)
+    articles, users = uow.articles, uow.users
     page = await articles.list(
         skip=offset,
         limit=limit,
@@ -120,6 +132,46 @@ def profile_json(user: ConduitUser, following: bool) -> dict[str, Any]:
         "image": user.image,
         "following": following,
     }
+
+
+def make_app() -> FastAPI:
+    """The two endpoints over HTTP: the request's session from ``Depends(get_session)``
+    under ``DatabaseSessionMiddleware``. The reader's id comes in ``X-User-Id``, standing
+    in for the spec's JWT (authentication is not what these tests are about)."""
+    app = FastAPI()
+    app.add_middleware(DatabaseSessionMiddleware)
+    install_error_handlers(app)
+
+    @app.get("/api/articles")
+    async def articles(
+        session: AsyncSession = Depends(get_session),  # noqa: B008
+        x_user_id: int | None = Header(default=None),
+        tag: str | None = None,
+        author: str | None = None,
+        favorited: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        return await list_articles(
+            session,
+            x_user_id,
+            tag=tag,
+            author=author,
+            favorited=favorited,
+            limit=limit,
+            offset=offset,
+        )
+
+    @app.get("/api/articles/feed")
+    async def articles_feed(
+        session: AsyncSession = Depends(get_session),  # noqa: B008
+        x_user_id: int = Header(),
+        limit: int = 20,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        return await feed(session, x_user_id, limit=limit, offset=offset)
+
+    return app
 
 
 async def follow(session: AsyncSession, follower_id: int, followed_id: int) -> None:

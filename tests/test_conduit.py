@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
@@ -183,3 +184,23 @@ async def test_following_oneself_is_refused_by_the_app(seeded: DatabaseManager) 
     async with seeded.session() as session:
         with pytest.raises(ValueError, match="cannot follow themselves"):
             await conduit_app.follow(session, 1, 1)
+
+
+async def test_over_http(seeded: DatabaseManager, oracle: Oracle) -> None:
+    """The same responses through FastAPI (``Depends(get_session)``, the middleware, JSON
+    on the wire), still at most six statements per request."""
+    transport = httpx.ASGITransport(app=conduit_app.make_app())
+    requests: list[tuple[str, dict[str, str], int | None, Predicate]] = [
+        ("/api/articles", {}, None, FILTERS["all"][1]),
+        ("/api/articles", {"tag": "dragons", "limit": "5"}, 1, FILTERS["tag"][1]),
+        ("/api/articles", {"favorited": "bob", "offset": "2"}, 4, FILTERS["favorited"][1]),
+        ("/api/articles/feed", {}, 4, lambda a, o: (4, a.author_id) in o.follows),
+    ]
+    async with httpx.AsyncClient(transport=transport, base_url="http://conduit") as client:
+        for path, params, me, keep in requests:
+            headers = {} if me is None else {"X-User-Id": str(me)}
+            with assert_max_queries(6, seeded):
+                response = await client.get(path, params=params, headers=headers)
+            assert response.status_code == 200, response.text
+            limit, offset = int(params.get("limit", 20)), int(params.get("offset", 0))
+            assert response.json() == oracle.response(me, keep, limit, offset), path
