@@ -201,6 +201,9 @@ async def test_load_inside_a_transaction_sees_its_writes(db: DatabaseManager) ->
         assert found is new
         assert found.author.username == "eve"
         assert sorted(t.name for t in found.tags) == ["dragons", "training"]
+        new.title = "Changed"  # not flushed yet: the read flushes it first, keeping it
+        again = await articles.get_by_id(new.id, load=["comments"])
+        assert again is new and again.title == "Changed" and again.comments == []
         await session.rollback()
 
 
