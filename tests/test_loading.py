@@ -415,6 +415,9 @@ class Post(OrderedBase):
     #: Ordered: the fast path's loader does not order, so this takes the ORM path.
     notes: Mapped[list[Note]] = relationship(order_by=lambda: Note.position.desc())
     plain_notes: Mapped[list[Note]] = relationship(viewonly=True)
+    #: Self-referential one-to-many: the children are rows of the parent's own table.
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("ld_posts.id"), nullable=True)
+    replies: Mapped[list[Post]] = relationship()
 
 
 class Note(OrderedBase):
@@ -455,3 +458,30 @@ async def test_an_ordered_relationship_is_loaded_in_its_order(make_db: MakeDb) -
             again = await Posts(session).get_by_id(2, load=["plain_notes"])
         # Held, with the relationship loaded: nothing to read on the fast path.
         assert again is fast and counter.count == (0 if db.fast_path else 2)
+
+
+async def test_a_self_referential_one_to_many(make_db: MakeDb) -> None:
+    db = await make_db(OrderedBase.metadata)
+    slow = await make_db(fast_path=False, default=False)
+    async with db.session() as session:
+        session.add_all([Post(id=1, title="root"), Post(id=2, title="other")])
+        await session.flush()
+        session.add_all([Post(id=i, title=f"r{i}", parent_id=1) for i in (3, 4, 5)])
+        await session.flush()
+        session.add(Post(id=6, title="r3a", parent_id=3))
+    for manager in (db, slow):
+        async with manager.session() as session:
+            with count_queries(manager) as counter:
+                posts = await Posts(session).list(
+                    load=["replies"], annotate={"reply_count": "replies"}
+                )
+            assert counter.count == 2, counter.statements
+        assert [(p.id, p.reply_count) for p in posts] == [
+            (1, 3),
+            (2, 0),
+            (3, 1),
+            (4, 0),
+            (5, 0),
+            (6, 0),
+        ]
+        assert [sorted(r.id for r in p.replies) for p in posts] == [[3, 4, 5], [], [6], [], [], []]
