@@ -363,7 +363,7 @@ async def test_counts_inside_a_writing_unit_of_work_see_its_links(db: DatabaseMa
         # The session now holds its transaction: the count runs inside it.
         assert await articles.count_links("favorited_by", [2]) == {2: 2}
         assert await articles.linked("favorited_by", [1, 2], 3) == {2}
-        # More ids than the fast path compiles plans for: one statement all the same.
+        # Many ids: one statement all the same.
         many = list(range(1, 41))
         with count_queries(db) as counter:
             counts = await articles.count_links("favorited_by", many)
@@ -372,6 +372,29 @@ async def test_counts_inside_a_writing_unit_of_work_see_its_links(db: DatabaseMa
     async with db.session() as session:
         counts = await Articles(session).count_links("favorited_by", list(range(1, 41)))
         assert counts[2] == 2 and sum(counts.values()) == 2
+
+
+@pytest.mark.parametrize("size", [1, 5, 33, 200, MAX_LINK_IDS])
+async def test_counts_and_flags_for_many_ids_stay_on_the_fast_path(
+    db: DatabaseManager, size: int
+) -> None:
+    """Any number of ids up to the cap: one statement outside a transaction (the IN list
+    is padded to a few compiled lengths), the same answer as for exactly those ids."""
+    async with db.session() as session:
+        articles = Articles(session)
+        await articles.link("favorited_by", 2, [1, 3])
+        await articles.link("favorited_by", 3, [3])
+    ids = list(range(size, 0, -1))
+    async with db.session() as session:
+        articles = Articles(session)
+        with count_queries(db) as counter:
+            counts = await articles.count_links("favorited_by", ids)
+            flagged = await articles.linked("favorited_by", ids, 3)
+        assert counter.count == 2
+        if db.fast_path:
+            assert not session.in_transaction()
+    assert counts == {i: {2: 2, 3: 1}.get(i, 0) for i in ids}
+    assert flagged == {2, 3} & set(ids)
 
 
 async def test_counts_work_where_links_cannot_be_written(db: DatabaseManager) -> None:

@@ -53,11 +53,10 @@ MAX_LOAD: Final = 8
 #: Most relationships on one path (``a__b__c``).
 MAX_DEPTH: Final = 3
 #: Parent ids one loading statement binds at most; more rows take one more statement
-#: per this many (SQLite's oldest limit is 999 bound values per statement).
+#: per this many (SQLite's oldest limit is 999 bound values per statement). The lists
+#: are padded as relations.padded does, so a relationship compiles a handful of
+#: statements, not one per page length.
 BATCH: Final = 256
-#: IN lists are padded to one of these sizes (repeating the last id, which IN ignores),
-#: so a relationship compiles a handful of statements instead of one per page length.
-_SIZES: Final = (4, 8, 16, 32, 64, 128, BATCH)
 #: Compiled statements kept per dialect, least recently used out first.
 _MAX_PLANS: Final = 256
 
@@ -241,19 +240,25 @@ _plans: weakref.WeakKeyDictionary[Dialect, OrderedDict[tuple[Any, ...], Any]] = 
 )
 
 
-def _compiled(step: _Step, reader: fast_path.ModelReader, dialect: Dialect, size: int) -> Any:
-    """The statement reading ``step`` for ``size`` ids (``(plan, convert)``): the target's
-    columns, first the id it belongs to for ``links``."""
+def _compiled(
+    step: _Step, reader: fast_path.ModelReader, dialect: Dialect, size: int
+) -> tuple[Any, Any] | None:
+    """The statement reading ``step`` for ``size`` ids, as ``(plan, convert)``: the
+    target's columns, for ``links`` after the parent id (``convert`` makes it what the ORM
+    would load). ``None`` when the parent id's type needs a cursor to convert, as
+    fast_path's readers refuse such types: then the ORM loads this relationship."""
     plans = _plans.get(dialect)
     if plans is None:
         plans = _plans[dialect] = OrderedDict()
     key = (step.parent, step.key, size)
-    found = plans.get(key)
-    if found is not None:
+    if key in plans:
         plans.move_to_end(key)
+        found: tuple[Any, Any] | None = plans[key]
         return found
     members = [bindparam(f"id_{i}", type_=step.match.type) for i in range(size)]
     target_pk = reader.columns[reader.pk_index]
+    convert = None
+    found = None
     if step.kind == "links":
         assert step.holder is not None and step.remote is not None
         statement = (
@@ -262,11 +267,15 @@ def _compiled(step: _Step, reader: fast_path.ModelReader, dialect: Dialect, size
             .where(step.match.in_(members))
             .order_by(step.match, target_pk)
         )
-        convert = step.match.type.dialect_impl(dialect).result_processor(dialect, None)
+        try:
+            convert = step.match.type.dialect_impl(dialect).result_processor(dialect, None)
+            found = (fast_path._compile(statement, dialect), convert)
+        except Exception:
+            pass
     else:
         statement = select(*reader.columns).where(step.match.in_(members)).order_by(target_pk)
-        convert = None
-    found = plans[key] = (fast_path._compile(statement, dialect), convert)
+        found = (fast_path._compile(statement, dialect), None)
+    plans[key] = found
     if len(plans) > _MAX_PLANS:
         plans.popitem(last=False)
     return found
@@ -284,10 +293,12 @@ async def _read(
     dialect = engine.sync_engine.dialect
     out: list[tuple[Any, Any]] = []
     for start in range(0, len(ids), BATCH):
-        chunk = ids[start : start + BATCH]
-        size = next(size for size in _SIZES if size >= len(chunk))
-        plan, convert = _compiled(step, reader, dialect, size)
-        values = {f"id_{i}": chunk[min(i, len(chunk) - 1)] for i in range(size)}
+        members = relations.padded(ids[start : start + BATCH])
+        compiled = _compiled(step, reader, dialect, len(members))
+        if compiled is None:
+            return None
+        plan, convert = compiled
+        values = {f"id_{i}": value for i, value in enumerate(members)}
         rows = await fast_path.run(session, engine, plan, values)
         if isinstance(rows, fast_path.Unavailable):
             return None

@@ -412,8 +412,9 @@ async def linked(
 
 # -- the fast path for counts and flags ------------------------------------------------------
 
-#: IN lists longer than this take the ORM path rather than compiling a plan per length.
-_MAX_FAST_IDS: Final = 32
+#: The lengths a fast-path IN list of ids is padded to (see :func:`padded`). The last is
+#: the most one call takes; loading.py pads its lists the same way.
+IN_SIZES: Final = (4, 8, 16, 32, 64, 128, 256, MAX_LINK_IDS)
 #: Compiled statements kept per dialect, least recently used out first (as fast_path's).
 _MAX_PLANS: Final = 256
 
@@ -459,20 +460,27 @@ def _fast_plan(rel: Relation, dialect: Dialect, kind: str, size: int) -> _FastPl
     return found
 
 
+def padded(ids: list[Any]) -> list[Any]:
+    """``ids`` (1 to ``MAX_LINK_IDS`` of them) lengthened to the next of ``IN_SIZES`` by
+    repeating the last, which changes nothing an ``IN`` matches: a statement compiled once
+    per size serves every page length, instead of one per length."""
+    size = next(size for size in IN_SIZES if size >= len(ids))
+    return ids + [ids[-1]] * (size - len(ids))
+
+
 async def _fast_rows(
     session: AsyncSession, rel: Relation, kind: str, ids: list[Any], to: Any
 ) -> list[tuple[Any, ...]] | None:
     """Rows of a count or flag read on the fast path (parent id converted first), or
-    ``None`` when it does not apply: the session is not idle, or too many ids."""
-    if len(ids) > _MAX_FAST_IDS:
-        return None
+    ``None`` when it does not apply: the session is not idle."""
     engine = fast_path.session_is_idle(session)
     if engine is None:
         return None
-    prepared = _fast_plan(rel, engine.sync_engine.dialect, kind, len(ids))
+    members = padded(ids)
+    prepared = _fast_plan(rel, engine.sync_engine.dialect, kind, len(members))
     if prepared is None:
         return None
-    values: dict[str, Any] = {f"id_{i}": value for i, value in enumerate(ids)}
+    values: dict[str, Any] = {f"id_{i}": value for i, value in enumerate(members)}
     values["to"] = to
     rows = await fast_path.run(session, engine, prepared.plan, values)
     if isinstance(rows, fast_path.Unavailable):
