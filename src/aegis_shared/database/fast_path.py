@@ -241,7 +241,8 @@ class ModelReader:
         return statement.where(*lookups.clauses(self.mapper, shape)) if shape else statement
 
     def plan(self, kind: str, shape: Any) -> _Plan:
-        """The compiled statement of ``kind`` (get, list, count, exists) for ``shape``."""
+        """The compiled statement of ``kind`` (get, list, count, exists) for ``shape``: the
+        filter terms, which include the soft-delete scope's, so the plan key does too."""
         key = (kind, shape)
         plans = self.plans
         found = plans.get(key)
@@ -255,7 +256,9 @@ class ModelReader:
 
     def _statement(self, kind: str, shape: Any) -> Select[Any]:
         if kind == "get":
-            return select(*self.columns).where(self.columns[self.pk_index] == bindparam("pk"))
+            # shape: the terms of the soft-delete scope (see scopes.py), or None.
+            statement = select(*self.columns).where(self.columns[self.pk_index] == bindparam("pk"))
+            return self._where(statement, shape)
         if kind == "count":
             return self._where(select(func.count()).select_from(self.table), shape)
         if kind == "exists":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import math
 import typing
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,16 @@ from sqlalchemy.orm.interfaces import ORMOption
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.compiler import InsertmanyvaluesSentinelOpts
 
-from aegis_shared.database import bulk, fast_path, integer_ranges, lookups, relations, writes
+from aegis_shared.database import (
+    bulk,
+    fast_path,
+    integer_ranges,
+    lookups,
+    relations,
+    scopes,
+    writes,
+)
+from aegis_shared.database.scopes import Scope
 from aegis_shared.errors.exceptions import DuplicateEntityError, EntityNotFoundError
 from aegis_shared.models.types import UTCDateTime
 
@@ -124,6 +134,13 @@ def _check_allowlists(repository: type, mapper: Mapper[Any]) -> None:
             )
 
 
+class ListTruncatedWarning(UserWarning):
+    """``list()`` was called without a ``limit`` and more rows matched than it returns.
+
+    Turn it into an error in tests with ``-W error::aegis_shared.database.ListTruncatedWarning``
+    (or ``warnings.simplefilter("error", ListTruncatedWarning)``)."""
+
+
 @dataclass(frozen=True)
 class Page(Generic[ItemT]):
     """One page of a listing and the total number of matching rows."""
@@ -159,8 +176,10 @@ class BaseRepository(Generic[ModelT]):
     """
 
     model: type[ModelT]
-    #: Rows ``list()`` returns when no ``limit`` is given.
-    default_limit: ClassVar[int] = 100
+    #: Most rows ``list()`` returns when no ``limit`` is given (it warns with
+    #: :class:`ListTruncatedWarning` when more match); ``None``: the page-size cap,
+    #: ``max_limit`` or else the manager's ``max_page_size`` (1000).
+    default_limit: ClassVar[int | None] = None
     #: Largest ``limit`` accepted; ``None`` takes the manager's ``max_page_size`` (1000).
     max_limit: ClassVar[int | None] = None
     #: Fields ``filters`` and ``exclude`` may name (``list``, ``count``, ``exists``,
@@ -280,11 +299,13 @@ class BaseRepository(Generic[ModelT]):
         exclude: Filters | None = None,
         where: Where | None = None,
         extra: tuple[builtins.list[lookups.Term], builtins.list[tuple[Any, ...]]] | None = None,
+        scope: Scope = Scope.ALL,
     ) -> lookups.Query | None:
         """``filters``, ``exclude`` and ``where`` checked and parsed (ValueError before any
         SQL; see :mod:`lookups`), or ``None`` when no row can match them (an integer out
         of its column's range: see integer_ranges). ``extra``: terms of the library's own
-        (an id), which the allow-list does not govern."""
+        (an id), which the allow-list does not govern; ``scope``: the soft-delete scope's
+        term, added last (see :mod:`scopes`)."""
         terms, values = lookups.parse(
             self._mapper, filters, allowed=self.filterable, refuse=self._refuse_filter
         )
@@ -302,8 +323,9 @@ class BaseRepository(Generic[ModelT]):
         if extra is not None:
             terms = extra[0] + terms
             values = extra[1] + values
+        scoped = scopes.terms(self._mapper, scope)
         if not terms:
-            return lookups.Query(where=checked_where)
+            return lookups.Query(tuple(scoped), ((),) * len(scoped), checked_where)
         dialect = self._dialect()
 
         def bounds(term: lookups.Term) -> integer_ranges.Range | None:
@@ -313,12 +335,44 @@ class BaseRepository(Generic[ModelT]):
         pruned = lookups.prune(terms, values, bounds)
         if pruned is None:
             return None
-        return lookups.Query(tuple(pruned[0]), tuple(pruned[1]), checked_where)
+        kept, kept_values = pruned
+        for term in scoped:
+            if term not in kept:  # seed 001's filters={"deleted_at": None} says it already
+                kept.append(term)
+                kept_values.append(())
+        return lookups.Query(tuple(kept), tuple(kept_values), checked_where)
+
+    def _scope(self, with_deleted: Any, only_deleted: Any) -> Scope:
+        """The soft-delete scope of a call (ValueError before any SQL; see :mod:`scopes`)."""
+        if with_deleted is False and only_deleted is False:
+            return Scope.LIVE
+        return scopes.choose(self._mapper, with_deleted, only_deleted)
+
+    def _visible(self, instance: Any, scope: Scope) -> bool:
+        """True when ``instance``, loaded with ``deleted_at``, is visible in ``scope``."""
+        if scope is Scope.ALL or not scopes.soft_deletable(self._mapper):
+            return True
+        return scopes.admits(scope, instance_state(instance).dict.get(scopes.COLUMN))
+
+    async def _deleted_value(self, instance: Any) -> Any:
+        """``instance.deleted_at``, read again (one SELECT) only if it was expired: async
+        code cannot load it lazily."""
+        if scopes.COLUMN not in instance_state(instance).dict:
+            await self.session.refresh(instance, [scopes.COLUMN])
+        return instance_state(instance).dict.get(scopes.COLUMN)
+
+    async def _admitted(self, instance: ModelT | None, scope: Scope) -> ModelT | None:
+        """``instance`` if it is visible in ``scope``, else ``None``; an object the session
+        holds is judged by its own ``deleted_at`` (what the session would flush)."""
+        if instance is None or scope is Scope.ALL or not scopes.soft_deletable(self._mapper):
+            return instance
+        visible = scopes.admits(scope, await self._deleted_value(instance))
+        return instance if visible else None
 
     def _limit(self, limit: int | None) -> int:
-        if limit is None:
-            return self.default_limit
         cap = self.max_limit or int(self.session.info.get(MAX_PAGE_SIZE_KEY, 1000))
+        if limit is None:
+            return cap if self.default_limit is None else self.default_limit
         _whole_number("limit", limit, 0)
         if limit > cap:
             raise ValueError(
@@ -584,7 +638,8 @@ class BaseRepository(Generic[ModelT]):
         """Set ``fields`` on the row with ``id`` and flush; raises ``EntityNotFoundError``.
 
         With ``writable`` declared, only those fields (ValueError before any SQL). With no
-        fields, the entity is returned unchanged (no UPDATE is sent).
+        fields, the entity is returned unchanged (no UPDATE is sent). A soft-deleted row is
+        not found, as by :meth:`get_one`: :meth:`restore` is the way back to it.
         """
         return await self._update(id, fields, checked=True)
 
@@ -615,43 +670,71 @@ class BaseRepository(Generic[ModelT]):
         return self._column("deleted_at", "soft delete")
 
     async def soft_delete(self, id: Any) -> ModelT:
-        """Mark the row deleted by setting ``deleted_at`` to now; the row stays."""
+        """Mark the row deleted by setting ``deleted_at`` to now; the row stays, and the
+        reads leave it out from then on (see :mod:`aegis_shared.database.scopes`).
+
+        Idempotent: a row already soft-deleted is returned as it is, its ``deleted_at``
+        (the first deletion's moment) unchanged and no UPDATE sent. Raises
+        ``EntityNotFoundError`` when no row has ``id``."""
         column = self._deleted_at()
+        instance = await self.get_one(id, with_deleted=True)
+        if await self._deleted_value(instance) is not None:
+            return instance
         aware = isinstance(column.type, UTCDateTime) or getattr(column.type, "timezone", False)
         now = datetime.now(UTC)
-        moment = now if aware else now.replace(tzinfo=None)
-        return await self._update(id, {"deleted_at": moment}, checked=False)
+        setattr(instance, scopes.COLUMN, now if aware else now.replace(tzinfo=None))
+        await self.session.flush()
+        return instance
 
     async def restore(self, id: Any) -> ModelT:
-        """Undo :meth:`soft_delete`."""
+        """Undo :meth:`soft_delete`: finds the row whether it is soft-deleted or not and
+        clears its ``deleted_at``. Idempotent: a row that is not deleted is returned as it
+        is, with no UPDATE. Raises ``EntityNotFoundError`` when no row has ``id``."""
         self._deleted_at()
-        return await self._update(id, {"deleted_at": None}, checked=False)
+        instance = await self.get_one(id, with_deleted=True)
+        if await self._deleted_value(instance) is None:
+            return instance
+        setattr(instance, scopes.COLUMN, None)
+        await self.session.flush()
+        return instance
 
     async def delete(self, id: Any) -> None:
-        """Delete the row with ``id`` (ORM cascades apply); raises ``EntityNotFoundError``."""
-        instance = await self.get_one(id)
+        """Delete the row with ``id`` (ORM cascades apply); raises ``EntityNotFoundError``.
+
+        A hard delete: it finds a soft-deleted row too (purging one is what it is for, as
+        in seed 001's ``soft_delete`` then ``delete``)."""
+        instance = await self.get_one(id, with_deleted=True)
         await self.session.delete(instance)
         await self.session.flush()
 
     # -- reads ----------------------------------------------------------------------------
 
     async def get_by_id(
-        self, id: Any, *, options: Sequence[ORMOption] | None = None
+        self,
+        id: Any,
+        *,
+        options: Sequence[ORMOption] | None = None,
+        with_deleted: bool = False,
+        only_deleted: bool = False,
     ) -> ModelT | None:
         """The row with primary key ``id``, or ``None``.
 
         With ``options`` (``selectinload(...)``) the row is read again even if this session
         already holds it, so the requested relationships are really loaded. An integer id
-        its column cannot hold (``2**70``) is not found, without a query.
+        its column cannot hold (``2**70``) is not found, without a query. A soft-deleted
+        row is ``None`` unless ``with_deleted=True`` (``only_deleted=True``: only a
+        soft-deleted one), also when the session already holds its object.
         """
+        scope = self._scope(with_deleted, only_deleted)
         if self._ranges().impossible_id(id):
             return None
         if options:
-            return await self.session.get(self.model, id, options=options, populate_existing=True)
-        found = await self._fast_get(id)
-        if found is not fast_path.UNAVAILABLE:
-            return found  # type: ignore[no-any-return]
-        return await self.session.get(self.model, id)
+            found = await self.session.get(self.model, id, options=options, populate_existing=True)
+            return await self._admitted(found, scope)
+        fast = await self._fast_get(id, scope)
+        if fast is not fast_path.UNAVAILABLE:
+            return fast  # type: ignore[no-any-return]
+        return await self._admitted(await self.session.get(self.model, id), scope)
 
     def _fast_reader(self) -> tuple[Any, fast_path.ModelReader] | None:
         """The engine and reader for a fast read now, or ``None`` for the ORM path."""
@@ -675,39 +758,53 @@ class BaseRepository(Generic[ModelT]):
         rows = await fast_path.run(self.session, engine, reader.plan(kind, shape), values)
         return None if isinstance(rows, fast_path.Unavailable) else rows
 
-    async def _fast_get(self, id: Any) -> Any:
+    async def _fast_get(self, id: Any, scope: Scope) -> Any:
         ready = self._fast_reader() if id is not None else None
         if ready is None:
             return fast_path.UNAVAILABLE
         cached = fast_path.cached_instance(self.session, ready[1], id)
         if cached is not None:
-            return cached
-        rows = await self._fast_rows(ready, "get", None, {"pk": id})
+            return cached if self._visible(cached, scope) else None
+        shape = tuple(scopes.terms(self._mapper, scope))
+        rows = await self._fast_rows(ready, "get", shape, {"pk": id})
         if rows is None:
             return fast_path.UNAVAILABLE
         return fast_path.attach(self.session, ready[1], rows)[0] if rows else None
 
-    async def get_one(self, id: Any, *, options: Sequence[ORMOption] | None = None) -> ModelT:
-        """The row with primary key ``id``; raises ``EntityNotFoundError`` if there is none."""
-        instance = await self.get_by_id(id, options=options)
+    async def get_one(
+        self,
+        id: Any,
+        *,
+        options: Sequence[ORMOption] | None = None,
+        with_deleted: bool = False,
+        only_deleted: bool = False,
+    ) -> ModelT:
+        """The row with primary key ``id``; raises ``EntityNotFoundError`` if there is none
+        (or it is soft-deleted: ``with_deleted`` and ``only_deleted`` as :meth:`get_by_id`)."""
+        instance = await self.get_by_id(
+            id, options=options, with_deleted=with_deleted, only_deleted=only_deleted
+        )
         if instance is None:
             raise EntityNotFoundError(self._name, id)
         return instance
 
-    async def get_by(self, **filters: Any) -> ModelT | None:
+    async def get_by(
+        self, *, with_deleted: bool = False, only_deleted: bool = False, **filters: Any
+    ) -> ModelT | None:
         """The one row matching ``filters`` (the grammar of :meth:`list`), or ``None``.
 
         Meant for unique fields: ``get_by(slug="how-to-train")``,
         ``get_by(email__ilike="jake@example.com")``. Raises ``ValueError`` when more than
         one row matches, rather than picking one by chance (one statement either way: it
-        asks for two rows). ``filterable`` applies, as to every filter.
+        asks for two rows). ``filterable`` applies, as to every filter. Soft-deleted rows
+        are left out unless ``with_deleted=True`` (``only_deleted=True``: only those).
         """
         if not filters:
             raise ValueError(
                 f"get_by() of {self._name} needs at least one filter, for example "
                 "get_by(slug='how-to-train'); use get_by_id() for the primary key"
             )
-        query = self._query(filters)
+        query = self._query(filters, scope=self._scope(with_deleted, only_deleted))
         if query is None:
             return None
         rows = await self._list(query, self._order_keys(None), None, 0, 2, None)
@@ -719,10 +816,14 @@ class BaseRepository(Generic[ModelT]):
             )
         return rows[0] if rows else None
 
-    async def get_one_by(self, **filters: Any) -> ModelT:
+    async def get_one_by(
+        self, *, with_deleted: bool = False, only_deleted: bool = False, **filters: Any
+    ) -> ModelT:
         """:meth:`get_by`, raising ``EntityNotFoundError`` naming the filters ("Article
         with slug 'how-to-train' not found") when no row matches."""
-        instance = await self.get_by(**filters)
+        instance = await self.get_by(
+            with_deleted=with_deleted, only_deleted=only_deleted, **filters
+        )
         if instance is None:
             raise EntityNotFoundError(self._name, filters=filters)
         return instance
@@ -737,10 +838,17 @@ class BaseRepository(Generic[ModelT]):
         *,
         exclude: Filters | None = None,
         where: Where | None = None,
+        with_deleted: bool = False,
+        only_deleted: bool = False,
     ) -> list[ModelT]:
         """Rows matching ``filters``, ordered by ``order_by`` (column names, ``-name`` for
-        descending; the primary key by default), ``limit`` rows (100 by default) from
-        ``skip``.
+        descending; the primary key by default), ``limit`` rows from ``skip``.
+
+        Without a ``limit``, at most ``default_limit`` rows (by default the page-size
+        cap: ``max_limit``, else the manager's ``max_page_size``, 1000); when more rows
+        match, those are returned and a :class:`ListTruncatedWarning` says so (one
+        statement either way: it asks for one row more). Give a ``limit`` and page with
+        ``skip``, :meth:`paginate` or :meth:`keyset` for more.
 
         ``filters`` maps a field, optionally with a lookup, to a value: ``{"age__ge": 18,
         "author__username": "jake", "tags__name__in": ["a", "b"]}``; a plain field with
@@ -748,13 +856,30 @@ class BaseRepository(Generic[ModelT]):
         for every lookup). ``exclude`` takes the same grammar and leaves out the rows that
         match all of it; ``where`` adds SQLAlchemy expressions (``User.age > User.rank``).
         Wrong names, lookups or values raise ``ValueError`` before any SQL. An integer no
-        row can hold matches nothing (and is dropped from an IN list), without a query."""
-        query = self._query(filters, exclude, where)
+        row can hold matches nothing (and is dropped from an IN list), without a query.
+
+        Soft-deleted rows are left out unless ``with_deleted=True`` (``only_deleted=True``:
+        only those); relationship paths are not scoped (see :mod:`scopes`)."""
+        query = self._query(filters, exclude, where, scope=self._scope(with_deleted, only_deleted))
         keys = self._order_keys(order_by)
-        skip, limit = self._skip(skip), self._limit(limit)
+        skip, given = self._skip(skip), limit
+        limit = self._limit(limit)
         if query is None:
             return []
-        return await self._list(query, keys, order_by, skip, limit, options)
+        if given is not None:
+            return await self._list(query, keys, order_by, skip, limit, options)
+        rows = await self._list(query, keys, order_by, skip, limit + 1, options)
+        if len(rows) > limit:
+            del rows[limit:]
+            warnings.warn(
+                ListTruncatedWarning(
+                    f"{type(self).__name__}.list() was given no limit and returned the "
+                    f"first {limit} {self._name} rows of more that match; pass limit= and "
+                    "page with skip=, paginate() or keyset() to read the rest"
+                ),
+                stacklevel=2,
+            )
+        return rows
 
     async def _list(
         self,
@@ -794,10 +919,13 @@ class BaseRepository(Generic[ModelT]):
         *,
         exclude: Filters | None = None,
         where: Where | None = None,
+        with_deleted: bool = False,
+        only_deleted: bool = False,
     ) -> int:
         """Number of rows matching ``filters``, ``exclude`` and ``where`` (as :meth:`list`
-        takes them); a relationship path counts each row once."""
-        query = self._query(filters, exclude, where)
+        takes them, soft-deleted rows left out unless ``with_deleted=True``); a
+        relationship path counts each row once."""
+        query = self._query(filters, exclude, where, scope=self._scope(with_deleted, only_deleted))
         if query is None:
             return 0
         shape = query.fast()
@@ -832,11 +960,15 @@ class BaseRepository(Generic[ModelT]):
         filters: Filters | None = None,
         exclude: Filters | None = None,
         where: Where | None = None,
+        with_deleted: bool = False,
+        only_deleted: bool = False,
         **lookup_filters: Any,
     ) -> bool:
         """True when a row with ``id`` (a tuple for a composite primary key) and matching
         ``filters``, ``exclude``, ``where`` and keyword filters exists:
         ``exists(email="a@example.com")``, ``exists(5, filters={"active": True})``.
+        Soft-deleted rows do not count unless ``with_deleted=True`` (``only_deleted=True``:
+        only those do).
 
         One statement that stops at the first row."""
         if lookup_filters:
@@ -844,7 +976,8 @@ class BaseRepository(Generic[ModelT]):
                 raise ValueError("exists() got the same filter in filters= and as a keyword")
             filters = {**(filters or {}), **lookup_filters}
         extra = self._id_terms(id) if id is not None else None
-        query = self._query(filters, exclude, where, extra)
+        scope = self._scope(with_deleted, only_deleted)
+        query = self._query(filters, exclude, where, extra, scope)
         if query is None or (id is not None and self._ranges().impossible_id(id)):
             return False
         shape = query.fast()
@@ -871,12 +1004,16 @@ class BaseRepository(Generic[ModelT]):
         *,
         exclude: Filters | None = None,
         where: Where | None = None,
+        with_deleted: bool = False,
+        only_deleted: bool = False,
     ) -> Page[ModelT]:
         """Page ``page`` (from 1) of ``page_size`` rows, with the total count; ``filters``,
-        ``exclude`` and ``where`` as :meth:`list` takes them."""
+        ``exclude``, ``where``, ``with_deleted`` and ``only_deleted`` as :meth:`list`
+        takes them."""
         _whole_number("page", page, 1)
         _whole_number("page_size", page_size, 1)
         size = self._limit(page_size)
+        scoped = {"with_deleted": with_deleted, "only_deleted": only_deleted}
         items = await self.list(
             skip=(page - 1) * size,
             limit=size,
@@ -885,13 +1022,16 @@ class BaseRepository(Generic[ModelT]):
             options=options,
             exclude=exclude,
             where=where,
+            **scoped,
         )
-        total = await self.count(filters, exclude=exclude, where=where)
+        total = await self.count(filters, exclude=exclude, where=where, **scoped)
         return Page(items=items, total=total, page=page, page_size=size)
 
     # -- writes in one statement (the SQL is in writes.py) -------------------------------
 
-    def _where_query(self, filters: Filters | None, purpose: str) -> lookups.Query | None:
+    def _where_query(
+        self, filters: Filters | None, purpose: str, scope: Scope = Scope.ALL
+    ) -> lookups.Query | None:
         """``filters`` parsed for a bulk write; ValueError when there are none, because a
         write without them would change every row of the table."""
         if not filters:
@@ -904,7 +1044,7 @@ class BaseRepository(Generic[ModelT]):
                 f"{purpose}() of {self._name} needs at least one filter, for example "
                 f"{example}: leaving the filters out would write every row of the table"
             )
-        return self._query(filters)
+        return self._query(filters, scope=scope)
 
     def _check_columns(self, names: Iterable[str], purpose: str) -> None:
         """Refuse names that are not column attributes (a relationship, a typo)."""
@@ -929,19 +1069,29 @@ class BaseRepository(Generic[ModelT]):
             raise ValueError(f"{purpose}() cannot change the primary key {', '.join(changed)}")
         return dict(values)
 
-    async def update_where(self, filters: Filters, /, **values: Any) -> int:
+    async def update_where(
+        self,
+        filters: Filters,
+        /,
+        *,
+        with_deleted: bool = False,
+        only_deleted: bool = False,
+        **values: Any,
+    ) -> int:
         """Set ``values`` on every row matching ``filters`` (the grammar of :meth:`list`)
         in one UPDATE, without reading the rows first; returns the number of rows matched.
 
         ``update_where({"author__username": "jake"}, published=False)``. ``filterable``
         governs the filters and ``writable`` the values (ValueError before any SQL, also
         for an unknown name, no filters or no values). Loaded objects the UPDATE changed
-        show the new values (see :mod:`aegis_shared.database.writes`). Soft-deleted rows
-        match like any other."""
+        show the new values (see :mod:`aegis_shared.database.writes`). As :meth:`update`,
+        it leaves soft-deleted rows alone unless ``with_deleted=True``
+        (``only_deleted=True``: only those)."""
         if not values:
             raise ValueError(f"update_where() of {self._name} needs at least one field to set")
+        scope = self._scope(with_deleted, only_deleted)
         checked = self._set_values(values, "update")
-        query = self._where_query(filters, "update_where")
+        query = self._where_query(filters, "update_where", scope)
         if query is None:
             return 0
         return await writes.update_where(self.session, self._mapper, query, checked)
@@ -951,7 +1101,8 @@ class BaseRepository(Generic[ModelT]):
         DELETE, without reading the rows first; returns the number deleted. Idempotent:
         rows already gone (also deleted by a concurrent transaction) count 0, no error.
         Database-side cascades (``ondelete``) apply, ORM cascades do not. Deleted objects
-        leave the session. Soft-deleted rows match like any other."""
+        leave the session. A hard delete, as :meth:`delete`: soft-deleted rows match like
+        any other (``delete_where(deleted_at__lt=cutoff)`` purges old ones)."""
         query = self._where_query(filters, "delete_where")
         if query is None:
             return 0
@@ -967,7 +1118,9 @@ class BaseRepository(Generic[ModelT]):
         ``lookup`` covers a unique key: of many concurrent calls (each in its own unit of
         work) one inserts and the others find its row, without an error. One SELECT when
         the row exists; else an INSERT that skips a taken key (MariaDB: inside a
-        SAVEPOINT) and a SELECT. ``lookup`` takes plain columns (no lookups, no paths);
+        SAVEPOINT) and a SELECT. A soft-deleted row is found like any other (it still holds
+        its unique key): check ``is_deleted`` and :meth:`restore` it if need be.
+        ``lookup`` takes plain columns (no lookups, no paths);
         ``filterable`` governs them and ``writable`` them and ``defaults``. On SQLite and
         MariaDB the INSERT comes first when no transaction has begun (two statements
         whether the row exists or not: SQLite then waits for the write lock instead of
@@ -995,7 +1148,7 @@ class BaseRepository(Generic[ModelT]):
             )
         dialect = self._dialect().name
         if dialect == "postgresql" or self.session.in_transaction():
-            found = await self.get_by(**lookup)
+            found = await self.get_by(with_deleted=True, **lookup)
             if found is not None:
                 return found, False
         # With no transaction yet, SQLite and MariaDB try the INSERT first. SQLite: it
