@@ -14,13 +14,20 @@ transaction was opened; the ORM path is a ``fast_path=False`` manager on the sam
 from __future__ import annotations
 
 import base64
+import enum
 import json
+import uuid
 import warnings
 from collections.abc import Callable
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Boolean, Date, DateTime, MetaData, Numeric, String, Uuid, select
+from sqlalchemy import Enum as SAEnum
+from sqlalchemy.ext.asyncio import AsyncAttrs
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from aegis_shared.database import (
     BaseRepository,
@@ -30,6 +37,7 @@ from aegis_shared.database import (
     Page,
     UnitOfWork,
 )
+from aegis_shared.models import NAMING_CONVENTION, IntegerIdMixin
 from aegis_shared.testing import count_queries
 from tests.conftest import MakeDb
 from tests.models import Post, PostRepository, User, UserRepository
@@ -437,3 +445,83 @@ async def test_the_managers_page_size_is_the_cap(make_db: MakeDb) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert len(await UserRepository(session).list()) == 8
+
+
+# -- every type a token carries ---------------------------------------------------------------
+
+
+class KindBase(AsyncAttrs, DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Size(enum.Enum):
+    SMALL = "s"
+    LARGE = "l"
+
+
+class Item(IntegerIdMixin, KindBase):
+    """A NOT NULL column of each type a keyset token carries."""
+
+    __tablename__ = "pg_items"
+
+    label: Mapped[str] = mapped_column(String(20))
+    size: Mapped[Size] = mapped_column(SAEnum(Size, native_enum=False, length=10))
+    native: Mapped[Size] = mapped_column(SAEnum(Size, name="pg_size"))
+    day: Mapped[date] = mapped_column(Date)
+    seen: Mapped[datetime] = mapped_column(DateTime)  # naive
+    price: Mapped[Decimal] = mapped_column(Numeric(8, 2))
+    flag: Mapped[bool] = mapped_column(Boolean)
+    key: Mapped[uuid.UUID] = mapped_column(Uuid)
+
+
+class ItemRepository(BaseRepository[Item]):
+    pass
+
+
+@pytest.mark.parametrize("column", ["label", "size", "day", "seen", "price", "flag", "key"])
+@pytest.mark.parametrize("descending", [False, True], ids=["asc", "desc"])
+async def test_keyset_orders_by_every_token_type(
+    make_db: MakeDb, column: str, descending: bool
+) -> None:
+    db = await make_db(KindBase.metadata)
+    start = datetime(2024, 1, 1, 12, 0, 0, 123000)
+    async with db.session() as session:
+        session.add_all(
+            [
+                Item(
+                    label=f"l{i % 4}",
+                    size=Size.SMALL if i % 2 else Size.LARGE,
+                    native=Size.SMALL,
+                    day=date(2024, 1, 1) + timedelta(days=i % 5),
+                    seen=start + timedelta(minutes=i % 6),
+                    price=Decimal(i % 7) + Decimal("0.25"),
+                    flag=bool(i % 3),
+                    key=uuid.UUID(int=(i * 7919) % 13 + 1),
+                )
+                for i in range(13)
+            ]
+        )
+    async with db.session() as session:
+        # The database's own order (an Enum sorts by declaration on PostgreSQL and
+        # MariaDB, by name on SQLite), with the id breaking ties as keyset() does.
+        attribute = getattr(Item, column)
+        ordering = attribute.desc() if descending else attribute.asc()
+        expected = list((await session.scalars(select(Item.id).order_by(ordering, Item.id))).all())
+        assert len(expected) == 13
+    order_by = ("-" if descending else "") + column
+    seen: list[int] = []
+    token = None
+    while True:
+        async with db.session() as session:
+            page = await ItemRepository(session).keyset(token, limit=4, order_by=order_by)
+        seen.extend(item.id for item in page.items)
+        if page.next is None:
+            break
+        token = page.next
+    assert seen == expected
+    if column == "size":
+        # A native ENUM sorts by declaration but compares as text on MariaDB: refused.
+        async with db.session() as session:
+            with count_queries(db) as counter, pytest.raises(ValueError, match="native ENUM"):
+                await ItemRepository(session).keyset(order_by="native")
+        assert counter.count == 0

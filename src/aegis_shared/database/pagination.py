@@ -35,7 +35,7 @@ from datetime import date, datetime, time
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Generic, TypeVar
 
-from sqlalchemy import and_, bindparam, or_
+from sqlalchemy import Enum, and_, bindparam, or_
 from sqlalchemy.orm import Mapper
 from sqlalchemy.sql import ColumnElement
 
@@ -166,6 +166,12 @@ def _python_type(mapper: Mapper[Any], key: str) -> type:
             kind = object
         if kind is not object:
             break
+    if isinstance(column.type, Enum) and column.type.native_enum:
+        raise ValueError(
+            f"keyset() cannot order by {key!r}: a native ENUM sorts by its declaration order, "
+            "but MariaDB compares it with a value as text, so pages would skip rows; order "
+            "by another column, or declare the Enum with native_enum=False"
+        )
     if not (kind in _CODECS or issubclass(kind, enum.Enum)):
         raise ValueError(
             f"keyset() cannot order by {key!r}: a token cannot carry values of its type "
