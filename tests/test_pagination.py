@@ -240,7 +240,7 @@ async def test_keyset_with_filters_total_and_scope(db: DatabaseManager) -> None:
         assert (nothing.items, nothing.next, nothing.total) == ([], None, 0)
 
 
-async def test_keyset_with_options_takes_the_orm_path(db: DatabaseManager) -> None:
+async def test_keyset_with_options_and_relationship_paths(db: DatabaseManager) -> None:
     from sqlalchemy.orm import selectinload
 
     async with db.session() as session:
@@ -255,6 +255,16 @@ async def test_keyset_with_options_takes_the_orm_path(db: DatabaseManager) -> No
         assert first.items[0].author.email == "u03@example.com"  # loaded
         second = await posts.keyset(first.next, limit=2, order_by="-title")
         assert [p.title for p in second.items] == ["t2", "t1"]
+    async with db.session() as session:
+        # A relationship path (EXISTS) in the filters, on the fast path.
+        posts = PostRepository(session)
+        with count_queries(db) as counter:
+            by_path = await posts.keyset(limit=3, filters={"author__email": "u03@example.com"})
+            rest = await posts.keyset(by_path.next, filters={"author__email": "u03@example.com"})
+        assert [p.title for p in [*by_path.items, *rest.items]] == [f"t{i}" for i in range(5)]
+        assert counter.count == 2 and not session.in_transaction()
+        none = await posts.keyset(filters={"author__email": "u04@example.com"}, with_total=True)
+        assert (none.items, none.next, none.total) == ([], None, 0)
 
 
 async def test_keyset_is_stable_under_concurrent_inserts(db: DatabaseManager) -> None:
