@@ -1,4 +1,5 @@
-"""The lean path for a repository's hot reads: ``get_by_id``, ``list``, ``count``, ``exists``.
+"""The lean path for a repository's hot reads: ``get_by_id``, ``list``, ``keyset``, ``count``,
+``exists``.
 
 Why by hand: a primary-key read through the ORM spends most of its time in machinery that
 is the same on every call of the same shape (the execution pipeline, result and loading

@@ -299,7 +299,7 @@ class BaseRepository(Generic[ModelT]):
             values = extra[1] + values
         scoped = scopes.terms(self._mapper, scope)
         if not terms:
-            return lookups.Query(tuple(scoped), ((),) * len(scoped), checked_where)
+            return lookups.Query(scoped, ((),) * len(scoped), checked_where)
         dialect = self._dialect()
 
         def bounds(term: lookups.Term) -> integer_ranges.Range | None:
@@ -739,8 +739,7 @@ class BaseRepository(Generic[ModelT]):
         cached = fast_path.cached_instance(self.session, ready[1], id)
         if cached is not None:
             return cached if self._visible(cached, scope) else None
-        shape = tuple(scopes.terms(self._mapper, scope))
-        rows = await self._fast_rows(ready, "get", shape, {"pk": id})
+        rows = await self._fast_rows(ready, "get", scopes.terms(self._mapper, scope), {"pk": id})
         if rows is None:
             return fast_path.UNAVAILABLE
         return fast_path.attach(self.session, ready[1], rows)[0] if rows else None

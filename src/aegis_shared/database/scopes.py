@@ -72,11 +72,17 @@ def choose(mapper: Mapper[Any], with_deleted: Any, only_deleted: Any) -> Scope:
     return Scope.ALL if with_deleted else Scope.LIVE
 
 
-def terms(mapper: Mapper[Any], scope: Scope) -> list[lookups.Term]:
+#: The terms of each scope, made once: ``get_by_id`` asks for them on every call.
+_TERMS: Final = {
+    Scope.ALL: (),
+    Scope.LIVE: (lookups.null_term(COLUMN, null=True),),
+    Scope.DELETED: (lookups.null_term(COLUMN, null=False),),
+}
+
+
+def terms(mapper: Mapper[Any], scope: Scope) -> tuple[lookups.Term, ...]:
     """The filter terms of ``scope`` (none for a model without ``deleted_at``)."""
-    if scope is Scope.ALL or not soft_deletable(mapper):
-        return []
-    return [lookups.null_term(COLUMN, null=scope is Scope.LIVE)]
+    return _TERMS[scope] if soft_deletable(mapper) else ()
 
 
 def admits(scope: Scope, deleted_at: Any) -> bool:
