@@ -615,16 +615,11 @@ class BaseRepository(Generic[ModelT]):
         fields, the entity is returned unchanged (no UPDATE is sent). A soft-deleted row is
         not found, as by :meth:`get_one`: :meth:`restore` is the way back to it.
         """
-        return await self._update(id, fields, checked=True)
-
-    async def _update(self, id: Any, fields: dict[str, Any], *, checked: bool) -> ModelT:
-        """:meth:`update`; ``checked=False`` for the library's own fields (``deleted_at``),
-        which ``writable`` does not govern."""
         if not fields:
             # Nothing to change (a PATCH with an empty body): the row as it is, still
             # EntityNotFoundError when there is none, and no UPDATE.
             return await self.get_one(id)
-        values = self._values(fields, "update") if checked else dict(fields)
+        values = self._values(fields, "update")
         pk_names = {col.key for col in self._mapper.primary_key if col.key is not None}
         changed_keys = sorted(pk_names & set(values))
         if changed_keys:
