@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import undefer
 
 from aegis_shared.database import DatabaseManager, TransactionManager, UnitOfWork, fast_path
 from aegis_shared.database.lookups import null_term
@@ -397,3 +398,31 @@ async def test_a_savepoint_rollback_reloads_soft_deleted_objects(db: DatabaseMan
         assert await users.get_by_id(bob.id) is bob
         assert await users.get_by_id(carol.id) is None
         assert await users.get_by_id(carol.id, with_deleted=True) is carol
+
+
+async def test_an_expired_deleted_at_is_read_again_before_judging(db: DatabaseManager) -> None:
+    ids = await ids_of(db)
+    async with UnitOfWork(db) as uow:
+        users = UserRepository(uow.session)
+        await users.update(ids["alice"], age=3)  # in its transaction: the ORM path from here
+        carol = await users.get_one(ids["carol"], with_deleted=True)
+        bob = await users.get_one(ids["bob"])
+        uow.session.expire(carol, ["deleted_at"])
+        uow.session.expire(bob, ["deleted_at"])
+        with count_queries(db) as counter:
+            assert await users.get_by_id(carol.id) is None
+            assert await users.get_by_id(bob.id) is bob
+        assert counter.count == 2, "one SELECT of deleted_at each, as async code cannot lazy-load"
+        assert carol.is_deleted and bob.deleted_at is None
+        await uow.rollback()
+
+
+async def test_options_read_again_and_apply_the_scope(db: DatabaseManager) -> None:
+    ids = await ids_of(db)
+    async with db.session() as session:
+        users = UserRepository(session)
+        options = [undefer(User.age)]  # any option: the row is read again through the ORM
+        assert await users.get_by_id(ids["carol"], options=options) is None
+        found = await users.get_by_id(ids["carol"], options=options, only_deleted=True)
+        assert found is not None and found.name == "carol"
+        assert await users.get_by_id(ids["bob"], options=options, only_deleted=True) is None
