@@ -1,14 +1,19 @@
 """The limit of this stack: the same endpoint on a raw asyncpg pool (``pool.fetchrow``), no
-ORM and no session; a missing id is a 404."""
+ORM and no session; a missing id is a 404.
+
+``app`` is that endpoint alone. ``app_with_yield_dependency`` adds one ``Depends`` on an
+async generator that yields ``None`` and does nothing else: what FastAPI itself charges any
+endpoint whose session comes from a yield dependency (``Depends(get_session)`` is one), so
+the distance between the two is the part of a request no session library can win back."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 
 from bench.common import asyncpg_dsn
 
@@ -25,14 +30,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.pop("pool").close()
 
 
-app = FastAPI(lifespan=lifespan)
-
-
-# No return annotation, as in the other apps: FastAPI then encodes the same dict the same
-# way for every contender (an annotation would switch to pydantic's serializer).
-@app.get("/items/{item_id}")
-async def get_item(item_id: int):  # type: ignore[no-untyped-def]
-    """The item as JSON, read with one ``pool.fetchrow``."""
+async def _item(item_id: int) -> dict[str, Any]:
     row = await state["pool"].fetchrow(SQL, item_id)
     if row is None:
         raise HTTPException(404, "Item not found")
@@ -42,3 +40,28 @@ async def get_item(item_id: int):  # type: ignore[no-untyped-def]
         "category": row["category"],
         "price": row["price"],
     }
+
+
+async def nothing() -> AsyncIterator[None]:
+    """A yield dependency that does no work."""
+    yield None
+
+
+app = FastAPI(lifespan=lifespan)
+app_with_yield_dependency = FastAPI(lifespan=lifespan)
+
+
+# No return annotations, as in the other apps: FastAPI then encodes the same dict the same
+# way for every contender (an annotation would switch to pydantic's serializer).
+@app.get("/items/{item_id}")
+async def get_item(item_id: int):  # type: ignore[no-untyped-def]
+    """The item as JSON, read with one ``pool.fetchrow``."""
+    return await _item(item_id)
+
+
+@app_with_yield_dependency.get("/items/{item_id}")
+async def get_item_with_dependency(  # type: ignore[no-untyped-def]
+    item_id: int, _: Annotated[None, Depends(nothing)]
+):
+    """The same, with a yield dependency that does nothing."""
+    return await _item(item_id)
