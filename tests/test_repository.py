@@ -7,6 +7,7 @@ work done through it inside a session that rolls back leaves nothing behind.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -334,13 +335,17 @@ async def test_list_orders_by_primary_key_and_pages_with_skip_and_limit(
         assert await repo.list(limit=0) == []
 
 
-async def test_list_default_limit_is_100(db: DatabaseManager) -> None:
+async def test_list_without_a_limit_returns_up_to_the_cap(db: DatabaseManager) -> None:
+    # No limit: every row up to the page-size cap (1000), never a silent 100; beyond the
+    # cap see tests/test_pagination.py (ListTruncatedWarning).
     async with db.session() as session:
         repo = UserRepository(session)
         await repo.create_many([{"email": f"m{i}@example.com", "name": "m"} for i in range(105)])
-        assert len(await repo.list()) == 100
-        assert len(await repo.list(limit=1000)) == 105
-        assert len(await repo.list(skip=100)) == 5
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert len(await repo.list()) == 105
+            assert len(await repo.list(limit=1000)) == 105
+            assert len(await repo.list(skip=100)) == 5
 
 
 async def test_list_filters(db: DatabaseManager) -> None:
@@ -482,10 +487,11 @@ async def test_soft_delete_and_restore(db: DatabaseManager) -> None:
 
     async with db.session() as session:
         repo = UserRepository(session)
-        carol = await repo.get_one(ids["carol"])  # the row stays
+        carol = await repo.get_one(ids["carol"], with_deleted=True)  # the row stays
         assert carol.deleted_at == deleted.deleted_at
         assert carol.deleted_at is not None and carol.deleted_at.utcoffset() == timedelta(0)
-        assert await repo.count() == 5
+        assert await repo.count(with_deleted=True) == 5
+        assert await repo.count() == 4  # the reads leave it out
         active = await repo.list(filters={"deleted_at": None})
         assert sorted(u.name for u in active) == ["alice", "bob", "dave", "erin"]
 
@@ -593,7 +599,8 @@ async def test_repository_never_commits(db: DatabaseManager) -> None:
                 await users.update(ids["alice"], name="changed")
                 await users.soft_delete(ids["bob"])
                 await users.delete(ids["carol"])
-                assert await users.count() == 8
+                assert await users.count(with_deleted=True) == 8
+                assert await users.count() == 7  # bob is soft-deleted
                 assert commits == []
                 raise RuntimeError("abandon the work")
     finally:

@@ -372,7 +372,8 @@ async def test_001_base_repository_usage_example(seed_db: Callable[..., Any]) ->
         await user_repo.soft_delete(user.id)
         assert user.deleted_at is not None
         assert await user_repo.get_active_users() == []
-        assert await user_repo.count() == 1  # the row stays
+        assert await user_repo.count() == 0  # the reads leave it out
+        assert await user_repo.count(with_deleted=True) == 1  # the row stays
 
         # 하드 삭제
         await user_repo.delete(user.id)

@@ -90,7 +90,10 @@ class Settings(BaseSettings):
         None, gt=0, description="Seconds after which the server cancels a statement; unset: none."
     )
     database_max_page_size: int = Field(
-        1000, ge=1, description="Largest limit a repository list() accepts."
+        1000,
+        ge=1,
+        description="Largest limit a repository list(), paginate() or keyset() accepts, and "
+        "the most rows list() returns without a limit.",
     )
     database_prepared_statements: bool = Field(
         True,

@@ -6,9 +6,10 @@
 
 from aegis_shared.database.dependencies import get_background_session, get_session
 from aegis_shared.database.manager import DatabaseManager
+from aegis_shared.database.pagination import KeysetPage, Page
 from aegis_shared.database.providers import provide_services
 from aegis_shared.database.registry import configure_database, get_database, reset_database
-from aegis_shared.database.repository import BaseRepository, Page
+from aegis_shared.database.repository import BaseRepository, ListTruncatedWarning
 from aegis_shared.database.retry import with_db_retry
 from aegis_shared.database.session import AegisSession
 from aegis_shared.database.transactions import TransactionManager
@@ -20,6 +21,8 @@ __all__ = [
     "BackgroundUnitOfWork",
     "BaseRepository",
     "DatabaseManager",
+    "KeysetPage",
+    "ListTruncatedWarning",
     "Page",
     "TransactionManager",
     "UnitOfWork",

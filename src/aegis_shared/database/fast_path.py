@@ -1,4 +1,5 @@
-"""The lean path for a repository's hot reads: ``get_by_id``, ``list``, ``count``, ``exists``.
+"""The lean path for a repository's hot reads: ``get_by_id``, ``list``, ``keyset``, ``count``,
+``exists``.
 
 Why by hand: a primary-key read through the ORM spends most of its time in machinery that
 is the same on every call of the same shape (the execution pipeline, result and loading
@@ -32,7 +33,7 @@ from sqlalchemy.pool import PoolProxiedConnection, QueuePool
 from sqlalchemy.sql import ColumnElement, Select
 from sqlalchemy.util.concurrency import greenlet_spawn
 
-from aegis_shared.database import cursor_events, drivers, lookups
+from aegis_shared.database import cursor_events, drivers, lookups, pagination
 from aegis_shared.database.engine import driver_failure
 from aegis_shared.database.session import CLOSED_KEY, HOLDS_CONNECTION_KEY, AegisSyncSession
 from aegis_shared.database.write_intent import WRITE_KEY
@@ -241,7 +242,8 @@ class ModelReader:
         return statement.where(*lookups.clauses(self.mapper, shape)) if shape else statement
 
     def plan(self, kind: str, shape: Any) -> _Plan:
-        """The compiled statement of ``kind`` (get, list, count, exists) for ``shape``."""
+        """The compiled statement of ``kind`` (get, list, keyset, count, exists) for ``shape``: the
+        filter terms, which include the soft-delete scope's, so the plan key does too."""
         key = (kind, shape)
         plans = self.plans
         found = plans.get(key)
@@ -255,12 +257,24 @@ class ModelReader:
 
     def _statement(self, kind: str, shape: Any) -> Select[Any]:
         if kind == "get":
-            return select(*self.columns).where(self.columns[self.pk_index] == bindparam("pk"))
+            # shape: the terms of the soft-delete scope (see scopes.py), or None.
+            statement = select(*self.columns).where(self.columns[self.pk_index] == bindparam("pk"))
+            return self._where(statement, shape)
         if kind == "count":
             return self._where(select(func.count()).select_from(self.table), shape)
         if kind == "exists":
             pk = self.columns[self.pk_index]
             return self._where(select(pk), shape).limit(bindparam("limit", type_=Integer))
+        if kind == "keyset":
+            # shape: (filters, ordering with the tie-breaker, whether a position is given);
+            # the SQL is pagination's, with placeholders k0, k1, ... for the position.
+            filters, ordering, after = shape
+            columns = [(self._column(key.lstrip("-")), key.startswith("-")) for key in ordering]
+            statement = self._where(select(*self.columns), filters)
+            if after:
+                statement = statement.where(pagination.after_condition(columns))
+            statement = statement.order_by(*pagination.order_clauses(columns))
+            return statement.limit(bindparam("limit", type_=Integer))
         filters, ordering = shape
         statement = self._where(select(*self.columns), filters)
         for key in ordering:

@@ -137,6 +137,12 @@ class Query:
         return self.terms, bound
 
 
+def null_term(column: str, *, null: bool) -> Term:
+    """The term ``column IS NULL`` (``null=True``) or ``IS NOT NULL``, of the model itself:
+    the library's own conditions (the soft-delete scope) in the grammar's shape."""
+    return Term((), column, _NULL if null else _NOT_NULL, 0)
+
+
 def _bind_name(index: int, position: int) -> str:
     return f"f{index}_{position}"
 

@@ -7,11 +7,10 @@ them, and never commits: the unit of work, the request or the caller owns the tr
 from __future__ import annotations
 
 import builtins
-import math
 import typing
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final, Generic, Literal, NoReturn, TypeVar, overload
 
@@ -23,7 +22,19 @@ from sqlalchemy.orm.interfaces import ORMOption
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.compiler import InsertmanyvaluesSentinelOpts
 
-from aegis_shared.database import bulk, fast_path, integer_ranges, lookups, relations, writes
+from aegis_shared.database import (
+    bulk,
+    fast_path,
+    integer_ranges,
+    lookups,
+    pagination,
+    relations,
+    scopes,
+    writes,
+)
+from aegis_shared.database.pagination import KeysetPage, whole_number
+from aegis_shared.database.pagination import Page as Page  # its home before pagination.py
+from aegis_shared.database.scopes import Scope
 from aegis_shared.errors.exceptions import DuplicateEntityError, EntityNotFoundError
 from aegis_shared.models.types import UTCDateTime
 
@@ -50,13 +61,6 @@ _mappers: weakref.WeakKeyDictionary[type, Mapper[Any]] = weakref.WeakKeyDictiona
 #: Repository class -> the mapper its allow-lists were checked against (seed 001's
 #: construction names the model only in __init__, so the check cannot always run earlier).
 _checked: weakref.WeakKeyDictionary[type, Mapper[Any]] = weakref.WeakKeyDictionary()
-
-
-def _whole_number(name: str, value: Any, minimum: int) -> int:
-    """``value`` if it is an int (not a bool) of at least ``minimum``; else ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
-    return value
 
 
 def _order_name(item: str) -> tuple[str, bool]:
@@ -124,24 +128,11 @@ def _check_allowlists(repository: type, mapper: Mapper[Any]) -> None:
             )
 
 
-@dataclass(frozen=True)
-class Page(Generic[ItemT]):
-    """One page of a listing and the total number of matching rows."""
+class ListTruncatedWarning(UserWarning):
+    """``list()`` was called without a ``limit`` and more rows matched than it returns.
 
-    items: Sequence[ItemT]
-    total: int
-    page: int
-    page_size: int
-
-    @property
-    def pages(self) -> int:
-        """Number of pages for ``total`` rows (0 when there are none)."""
-        return math.ceil(self.total / self.page_size) if self.page_size else 0
-
-    @property
-    def has_next(self) -> bool:
-        """True when a later page has rows."""
-        return self.page < self.pages
+    Turn it into an error in tests with ``-W error::aegis_shared.database.ListTruncatedWarning``
+    (or ``warnings.simplefilter("error", ListTruncatedWarning)``)."""
 
 
 class BaseRepository(Generic[ModelT]):
@@ -159,8 +150,10 @@ class BaseRepository(Generic[ModelT]):
     """
 
     model: type[ModelT]
-    #: Rows ``list()`` returns when no ``limit`` is given.
-    default_limit: ClassVar[int] = 100
+    #: Most rows ``list()`` returns when no ``limit`` is given (it warns with
+    #: :class:`ListTruncatedWarning` when more match); ``None``: the page-size cap,
+    #: ``max_limit`` or else the manager's ``max_page_size`` (1000).
+    default_limit: ClassVar[int | None] = None
     #: Largest ``limit`` accepted; ``None`` takes the manager's ``max_page_size`` (1000).
     max_limit: ClassVar[int | None] = None
     #: Fields ``filters`` and ``exclude`` may name (``list``, ``count``, ``exists``,
@@ -280,11 +273,13 @@ class BaseRepository(Generic[ModelT]):
         exclude: Filters | None = None,
         where: Where | None = None,
         extra: tuple[builtins.list[lookups.Term], builtins.list[tuple[Any, ...]]] | None = None,
+        scope: Scope = Scope.ALL,
     ) -> lookups.Query | None:
         """``filters``, ``exclude`` and ``where`` checked and parsed (ValueError before any
         SQL; see :mod:`lookups`), or ``None`` when no row can match them (an integer out
         of its column's range: see integer_ranges). ``extra``: terms of the library's own
-        (an id), which the allow-list does not govern."""
+        (an id), which the allow-list does not govern; ``scope``: the soft-delete scope's
+        term, added last (see :mod:`scopes`)."""
         terms, values = lookups.parse(
             self._mapper, filters, allowed=self.filterable, refuse=self._refuse_filter
         )
@@ -302,8 +297,9 @@ class BaseRepository(Generic[ModelT]):
         if extra is not None:
             terms = extra[0] + terms
             values = extra[1] + values
+        scoped = scopes.terms(self._mapper, scope)
         if not terms:
-            return lookups.Query(where=checked_where)
+            return lookups.Query(scoped, ((),) * len(scoped), checked_where)
         dialect = self._dialect()
 
         def bounds(term: lookups.Term) -> integer_ranges.Range | None:
@@ -313,13 +309,45 @@ class BaseRepository(Generic[ModelT]):
         pruned = lookups.prune(terms, values, bounds)
         if pruned is None:
             return None
-        return lookups.Query(tuple(pruned[0]), tuple(pruned[1]), checked_where)
+        kept, kept_values = pruned
+        for term in scoped:
+            if term not in kept:  # seed 001's filters={"deleted_at": None} says it already
+                kept.append(term)
+                kept_values.append(())
+        return lookups.Query(tuple(kept), tuple(kept_values), checked_where)
+
+    def _scope(self, with_deleted: Any, only_deleted: Any) -> Scope:
+        """The soft-delete scope of a call (ValueError before any SQL; see :mod:`scopes`)."""
+        if with_deleted is False and only_deleted is False:
+            return Scope.LIVE
+        return scopes.choose(self._mapper, with_deleted, only_deleted)
+
+    def _visible(self, instance: Any, scope: Scope) -> bool:
+        """True when ``instance``, loaded with ``deleted_at``, is visible in ``scope``."""
+        if scope is Scope.ALL or not scopes.soft_deletable(self._mapper):
+            return True
+        return scopes.admits(scope, instance_state(instance).dict.get(scopes.COLUMN))
+
+    async def _deleted_value(self, instance: Any) -> Any:
+        """``instance.deleted_at``, read again (one SELECT) only if it was expired: async
+        code cannot load it lazily."""
+        if scopes.COLUMN not in instance_state(instance).dict:
+            await self.session.refresh(instance, [scopes.COLUMN])
+        return instance_state(instance).dict.get(scopes.COLUMN)
+
+    async def _admitted(self, instance: ModelT | None, scope: Scope) -> ModelT | None:
+        """``instance`` if it is visible in ``scope``, else ``None``; an object the session
+        holds is judged by its own ``deleted_at`` (what the session would flush)."""
+        if instance is None or scope is Scope.ALL or not scopes.soft_deletable(self._mapper):
+            return instance
+        visible = scopes.admits(scope, await self._deleted_value(instance))
+        return instance if visible else None
 
     def _limit(self, limit: int | None) -> int:
-        if limit is None:
-            return self.default_limit
         cap = self.max_limit or int(self.session.info.get(MAX_PAGE_SIZE_KEY, 1000))
-        _whole_number("limit", limit, 0)
+        if limit is None:
+            return cap if self.default_limit is None else self.default_limit
+        whole_number("limit", limit, 0)
         if limit > cap:
             raise ValueError(
                 f"limit {limit} is above the maximum of {cap} rows per call; page through "
@@ -329,7 +357,7 @@ class BaseRepository(Generic[ModelT]):
 
     @staticmethod
     def _skip(skip: int) -> int:
-        return _whole_number("skip", skip, 0)
+        return whole_number("skip", skip, 0)
 
     @staticmethod
     def _order_items(order_by: OrderBy | Sequence[OrderBy] | None) -> list[OrderBy]:
@@ -584,18 +612,14 @@ class BaseRepository(Generic[ModelT]):
         """Set ``fields`` on the row with ``id`` and flush; raises ``EntityNotFoundError``.
 
         With ``writable`` declared, only those fields (ValueError before any SQL). With no
-        fields, the entity is returned unchanged (no UPDATE is sent).
+        fields, the entity is returned unchanged (no UPDATE is sent). A soft-deleted row is
+        not found, as by :meth:`get_one`: :meth:`restore` is the way back to it.
         """
-        return await self._update(id, fields, checked=True)
-
-    async def _update(self, id: Any, fields: dict[str, Any], *, checked: bool) -> ModelT:
-        """:meth:`update`; ``checked=False`` for the library's own fields (``deleted_at``),
-        which ``writable`` does not govern."""
         if not fields:
             # Nothing to change (a PATCH with an empty body): the row as it is, still
             # EntityNotFoundError when there is none, and no UPDATE.
             return await self.get_one(id)
-        values = self._values(fields, "update") if checked else dict(fields)
+        values = self._values(fields, "update")
         pk_names = {col.key for col in self._mapper.primary_key if col.key is not None}
         changed_keys = sorted(pk_names & set(values))
         if changed_keys:
@@ -615,43 +639,71 @@ class BaseRepository(Generic[ModelT]):
         return self._column("deleted_at", "soft delete")
 
     async def soft_delete(self, id: Any) -> ModelT:
-        """Mark the row deleted by setting ``deleted_at`` to now; the row stays."""
+        """Mark the row deleted by setting ``deleted_at`` to now; the row stays, and the
+        reads leave it out from then on (see :mod:`aegis_shared.database.scopes`).
+
+        Idempotent: a row already soft-deleted is returned as it is, its ``deleted_at``
+        (the first deletion's moment) unchanged and no UPDATE sent. Raises
+        ``EntityNotFoundError`` when no row has ``id``."""
         column = self._deleted_at()
+        instance = await self.get_one(id, with_deleted=True)
+        if await self._deleted_value(instance) is not None:
+            return instance
         aware = isinstance(column.type, UTCDateTime) or getattr(column.type, "timezone", False)
         now = datetime.now(UTC)
-        moment = now if aware else now.replace(tzinfo=None)
-        return await self._update(id, {"deleted_at": moment}, checked=False)
+        setattr(instance, scopes.COLUMN, now if aware else now.replace(tzinfo=None))
+        await self.session.flush()
+        return instance
 
     async def restore(self, id: Any) -> ModelT:
-        """Undo :meth:`soft_delete`."""
+        """Undo :meth:`soft_delete`: finds the row whether it is soft-deleted or not and
+        clears its ``deleted_at``. Idempotent: a row that is not deleted is returned as it
+        is, with no UPDATE. Raises ``EntityNotFoundError`` when no row has ``id``."""
         self._deleted_at()
-        return await self._update(id, {"deleted_at": None}, checked=False)
+        instance = await self.get_one(id, with_deleted=True)
+        if await self._deleted_value(instance) is None:
+            return instance
+        setattr(instance, scopes.COLUMN, None)
+        await self.session.flush()
+        return instance
 
     async def delete(self, id: Any) -> None:
-        """Delete the row with ``id`` (ORM cascades apply); raises ``EntityNotFoundError``."""
-        instance = await self.get_one(id)
+        """Delete the row with ``id`` (ORM cascades apply); raises ``EntityNotFoundError``.
+
+        A hard delete: it finds a soft-deleted row too (purging one is what it is for, as
+        in seed 001's ``soft_delete`` then ``delete``)."""
+        instance = await self.get_one(id, with_deleted=True)
         await self.session.delete(instance)
         await self.session.flush()
 
     # -- reads ----------------------------------------------------------------------------
 
     async def get_by_id(
-        self, id: Any, *, options: Sequence[ORMOption] | None = None
+        self,
+        id: Any,
+        *,
+        options: Sequence[ORMOption] | None = None,
+        with_deleted: bool = False,
+        only_deleted: bool = False,
     ) -> ModelT | None:
         """The row with primary key ``id``, or ``None``.
 
         With ``options`` (``selectinload(...)``) the row is read again even if this session
         already holds it, so the requested relationships are really loaded. An integer id
-        its column cannot hold (``2**70``) is not found, without a query.
+        its column cannot hold (``2**70``) is not found, without a query. A soft-deleted
+        row is ``None`` unless ``with_deleted=True`` (``only_deleted=True``: only a
+        soft-deleted one), also when the session already holds its object.
         """
+        scope = self._scope(with_deleted, only_deleted)
         if self._ranges().impossible_id(id):
             return None
         if options:
-            return await self.session.get(self.model, id, options=options, populate_existing=True)
-        found = await self._fast_get(id)
-        if found is not fast_path.UNAVAILABLE:
-            return found  # type: ignore[no-any-return]
-        return await self.session.get(self.model, id)
+            found = await self.session.get(self.model, id, options=options, populate_existing=True)
+            return await self._admitted(found, scope)
+        fast = await self._fast_get(id, scope)
+        if fast is not fast_path.UNAVAILABLE:
+            return fast  # type: ignore[no-any-return]
+        return await self._admitted(await self.session.get(self.model, id), scope)
 
     def _fast_reader(self) -> tuple[Any, fast_path.ModelReader] | None:
         """The engine and reader for a fast read now, or ``None`` for the ORM path."""
@@ -675,39 +727,52 @@ class BaseRepository(Generic[ModelT]):
         rows = await fast_path.run(self.session, engine, reader.plan(kind, shape), values)
         return None if isinstance(rows, fast_path.Unavailable) else rows
 
-    async def _fast_get(self, id: Any) -> Any:
+    async def _fast_get(self, id: Any, scope: Scope) -> Any:
         ready = self._fast_reader() if id is not None else None
         if ready is None:
             return fast_path.UNAVAILABLE
         cached = fast_path.cached_instance(self.session, ready[1], id)
         if cached is not None:
-            return cached
-        rows = await self._fast_rows(ready, "get", None, {"pk": id})
+            return cached if self._visible(cached, scope) else None
+        rows = await self._fast_rows(ready, "get", scopes.terms(self._mapper, scope), {"pk": id})
         if rows is None:
             return fast_path.UNAVAILABLE
         return fast_path.attach(self.session, ready[1], rows)[0] if rows else None
 
-    async def get_one(self, id: Any, *, options: Sequence[ORMOption] | None = None) -> ModelT:
-        """The row with primary key ``id``; raises ``EntityNotFoundError`` if there is none."""
-        instance = await self.get_by_id(id, options=options)
+    async def get_one(
+        self,
+        id: Any,
+        *,
+        options: Sequence[ORMOption] | None = None,
+        with_deleted: bool = False,
+        only_deleted: bool = False,
+    ) -> ModelT:
+        """The row with primary key ``id``; raises ``EntityNotFoundError`` if there is none
+        (or it is soft-deleted: ``with_deleted`` and ``only_deleted`` as :meth:`get_by_id`)."""
+        instance = await self.get_by_id(
+            id, options=options, with_deleted=with_deleted, only_deleted=only_deleted
+        )
         if instance is None:
             raise EntityNotFoundError(self._name, id)
         return instance
 
-    async def get_by(self, **filters: Any) -> ModelT | None:
+    async def get_by(
+        self, *, with_deleted: bool = False, only_deleted: bool = False, **filters: Any
+    ) -> ModelT | None:
         """The one row matching ``filters`` (the grammar of :meth:`list`), or ``None``.
 
         Meant for unique fields: ``get_by(slug="how-to-train")``,
         ``get_by(email__ilike="jake@example.com")``. Raises ``ValueError`` when more than
         one row matches, rather than picking one by chance (one statement either way: it
-        asks for two rows). ``filterable`` applies, as to every filter.
+        asks for two rows). ``filterable`` applies, as to every filter. Soft-deleted rows
+        are left out unless ``with_deleted=True`` (``only_deleted=True``: only those).
         """
         if not filters:
             raise ValueError(
                 f"get_by() of {self._name} needs at least one filter, for example "
                 "get_by(slug='how-to-train'); use get_by_id() for the primary key"
             )
-        query = self._query(filters)
+        query = self._query(filters, scope=self._scope(with_deleted, only_deleted))
         if query is None:
             return None
         rows = await self._list(query, self._order_keys(None), None, 0, 2, None)
@@ -719,10 +784,14 @@ class BaseRepository(Generic[ModelT]):
             )
         return rows[0] if rows else None
 
-    async def get_one_by(self, **filters: Any) -> ModelT:
+    async def get_one_by(
+        self, *, with_deleted: bool = False, only_deleted: bool = False, **filters: Any
+    ) -> ModelT:
         """:meth:`get_by`, raising ``EntityNotFoundError`` naming the filters ("Article
         with slug 'how-to-train' not found") when no row matches."""
-        instance = await self.get_by(**filters)
+        instance = await self.get_by(
+            with_deleted=with_deleted, only_deleted=only_deleted, **filters
+        )
         if instance is None:
             raise EntityNotFoundError(self._name, filters=filters)
         return instance
@@ -737,10 +806,17 @@ class BaseRepository(Generic[ModelT]):
         *,
         exclude: Filters | None = None,
         where: Where | None = None,
+        with_deleted: bool = False,
+        only_deleted: bool = False,
     ) -> list[ModelT]:
         """Rows matching ``filters``, ordered by ``order_by`` (column names, ``-name`` for
-        descending; the primary key by default), ``limit`` rows (100 by default) from
-        ``skip``.
+        descending; the primary key by default), ``limit`` rows from ``skip``.
+
+        Without a ``limit``, at most ``default_limit`` rows (by default the page-size
+        cap: ``max_limit``, else the manager's ``max_page_size``, 1000); when more rows
+        match, those are returned and a :class:`ListTruncatedWarning` says so (one
+        statement either way: it asks for one row more). Give a ``limit`` and page with
+        ``skip``, :meth:`paginate` or :meth:`keyset` for more.
 
         ``filters`` maps a field, optionally with a lookup, to a value: ``{"age__ge": 18,
         "author__username": "jake", "tags__name__in": ["a", "b"]}``; a plain field with
@@ -748,13 +824,30 @@ class BaseRepository(Generic[ModelT]):
         for every lookup). ``exclude`` takes the same grammar and leaves out the rows that
         match all of it; ``where`` adds SQLAlchemy expressions (``User.age > User.rank``).
         Wrong names, lookups or values raise ``ValueError`` before any SQL. An integer no
-        row can hold matches nothing (and is dropped from an IN list), without a query."""
-        query = self._query(filters, exclude, where)
+        row can hold matches nothing (and is dropped from an IN list), without a query.
+
+        Soft-deleted rows are left out unless ``with_deleted=True`` (``only_deleted=True``:
+        only those); relationship paths are not scoped (see :mod:`scopes`)."""
+        query = self._query(filters, exclude, where, scope=self._scope(with_deleted, only_deleted))
         keys = self._order_keys(order_by)
-        skip, limit = self._skip(skip), self._limit(limit)
+        skip, given = self._skip(skip), limit
+        limit = self._limit(limit)
         if query is None:
             return []
-        return await self._list(query, keys, order_by, skip, limit, options)
+        if given is not None:
+            return await self._list(query, keys, order_by, skip, limit, options)
+        rows = await self._list(query, keys, order_by, skip, limit + 1, options)
+        if len(rows) > limit:
+            del rows[limit:]
+            warnings.warn(
+                ListTruncatedWarning(
+                    f"{type(self).__name__}.list() was given no limit and returned the "
+                    f"first {limit} {self._name} rows of more that match; pass limit= and "
+                    "page with skip=, paginate() or keyset() to read the rest"
+                ),
+                stacklevel=2,
+            )
+        return rows
 
     async def _list(
         self,
@@ -794,12 +887,18 @@ class BaseRepository(Generic[ModelT]):
         *,
         exclude: Filters | None = None,
         where: Where | None = None,
+        with_deleted: bool = False,
+        only_deleted: bool = False,
     ) -> int:
         """Number of rows matching ``filters``, ``exclude`` and ``where`` (as :meth:`list`
-        takes them); a relationship path counts each row once."""
-        query = self._query(filters, exclude, where)
+        takes them, soft-deleted rows left out unless ``with_deleted=True``); a
+        relationship path counts each row once."""
+        query = self._query(filters, exclude, where, scope=self._scope(with_deleted, only_deleted))
         if query is None:
             return 0
+        return await self._count(query)
+
+    async def _count(self, query: lookups.Query) -> int:
         shape = query.fast()
         if shape is not None:
             rows = await self._fast_rows(self._fast_reader(), "count", shape[0], shape[1])
@@ -832,11 +931,15 @@ class BaseRepository(Generic[ModelT]):
         filters: Filters | None = None,
         exclude: Filters | None = None,
         where: Where | None = None,
+        with_deleted: bool = False,
+        only_deleted: bool = False,
         **lookup_filters: Any,
     ) -> bool:
         """True when a row with ``id`` (a tuple for a composite primary key) and matching
         ``filters``, ``exclude``, ``where`` and keyword filters exists:
         ``exists(email="a@example.com")``, ``exists(5, filters={"active": True})``.
+        Soft-deleted rows do not count unless ``with_deleted=True`` (``only_deleted=True``:
+        only those do).
 
         One statement that stops at the first row."""
         if lookup_filters:
@@ -844,7 +947,8 @@ class BaseRepository(Generic[ModelT]):
                 raise ValueError("exists() got the same filter in filters= and as a keyword")
             filters = {**(filters or {}), **lookup_filters}
         extra = self._id_terms(id) if id is not None else None
-        query = self._query(filters, exclude, where, extra)
+        scope = self._scope(with_deleted, only_deleted)
+        query = self._query(filters, exclude, where, extra, scope)
         if query is None or (id is not None and self._ranges().impossible_id(id)):
             return False
         shape = query.fast()
@@ -863,35 +967,137 @@ class BaseRepository(Generic[ModelT]):
 
     async def paginate(
         self,
-        page: int = 1,
-        page_size: int = 20,
+        page: int | None = None,
+        page_size: int | None = None,
         filters: Filters | None = None,
         order_by: OrderBy | Sequence[OrderBy] | None = None,
         options: Sequence[ORMOption] | None = None,
         *,
+        offset: int | None = None,
+        limit: int | None = None,
         exclude: Filters | None = None,
         where: Where | None = None,
+        with_deleted: bool = False,
+        only_deleted: bool = False,
     ) -> Page[ModelT]:
-        """Page ``page`` (from 1) of ``page_size`` rows, with the total count; ``filters``,
-        ``exclude`` and ``where`` as :meth:`list` takes them."""
-        _whole_number("page", page, 1)
-        _whole_number("page_size", page_size, 1)
-        size = self._limit(page_size)
+        """One page of rows with the total count (two statements), by page number or by
+        offset: ``paginate(page=2, page_size=20)`` (pages from 1) or ``paginate(offset=20,
+        limit=20)`` (RealWorld's ``?limit=20&offset=0``); 20 rows per page by default.
+        Mixing the two forms raises ``ValueError``. ``filters``, ``exclude``, ``where``,
+        ``with_deleted`` and ``only_deleted`` as :meth:`list` takes them.
+
+        The :class:`Page` holds ``items``, ``total``, ``offset``, ``limit`` (= ``page_size``),
+        ``page`` (in the offset form, the page the first row falls on) and ``has_next``.
+        For deep pages of large tables, :meth:`keyset` reads at the same cost at any depth."""
+        number, skip, size = pagination.page_window(page, page_size, offset, limit, 20)
+        size = self._limit(size)
+        scoped = {"with_deleted": with_deleted, "only_deleted": only_deleted}
         items = await self.list(
-            skip=(page - 1) * size,
+            skip=skip,
             limit=size,
             filters=filters,
             order_by=order_by,
             options=options,
             exclude=exclude,
             where=where,
+            **scoped,
         )
-        total = await self.count(filters, exclude=exclude, where=where)
-        return Page(items=items, total=total, page=page, page_size=size)
+        total = await self.count(filters, exclude=exclude, where=where, **scoped)
+        number = skip // size + 1 if number is None else number
+        return Page(items=items, total=total, page=number, page_size=size, offset=skip)
+
+    async def keyset(
+        self,
+        after: str | None = None,
+        limit: int = 20,
+        filters: Filters | None = None,
+        order_by: str | Sequence[str] | None = None,
+        options: Sequence[ORMOption] | None = None,
+        *,
+        exclude: Filters | None = None,
+        where: Where | None = None,
+        with_total: bool = False,
+        with_deleted: bool = False,
+        only_deleted: bool = False,
+    ) -> KeysetPage[ModelT]:
+        """The ``limit`` rows after the token ``after`` (``None``: the first page), in the
+        order of ``order_by`` (column names, ``-name`` descending, any mix; the primary key
+        by default and always last, as the tie-breaker); keyset (cursor) pagination.
+
+        ``page = await repo.keyset(limit=20, order_by=["-created_at"])``, then
+        ``await repo.keyset(page.next, limit=20, order_by=["-created_at"])`` while
+        ``page.next`` is not ``None``. One statement per page, on the fast path, at the
+        same cost at any depth; rows inserted or deleted before the cursor between two
+        fetches never make a later page skip or repeat a row. ``with_total=True`` adds the
+        total count (a second statement). ``filters``, ``exclude``, ``where`` and the
+        soft-delete scope as :meth:`list` takes them; give the same ones with each token.
+
+        ValueError before any SQL for: a token that is damaged, not ours, or made for
+        another model or ordering; an ordering column that is nullable (NULLs have no
+        place in a keyset order) or given as a column object (the token holds values by
+        column name). See :mod:`aegis_shared.database.pagination`."""
+        scope = self._scope(with_deleted, only_deleted)
+        query = self._query(filters, exclude, where, scope=scope)
+        if not isinstance(with_total, bool):
+            raise ValueError(f"with_total takes True or False, got {lookups.shown(with_total)}")
+        if order_by is not None and any(
+            not isinstance(item, str) for item in self._order_items(order_by)
+        ):
+            raise ValueError(
+                "keyset() orders by column names ('-created_at'), not column objects: its "
+                "token holds the ordering columns' values by name"
+            )
+        keys = self._order_keys(order_by)
+        assert keys is not None  # names only, checked above
+        order = pagination.keyset_order(self._mapper, keys)
+        position = None if after is None else pagination.decode(self._mapper, order, after)
+        size = self._limit(whole_number("limit", limit, 1))
+        if query is None:
+            return KeysetPage(items=[], next=None, limit=size, total=0 if with_total else None)
+        rows = await self._keyset_rows(query, order, position, size + 1, options)
+        token = None
+        if len(rows) > size:
+            del rows[size:]
+            last = instance_state(rows[-1]).dict
+            token = pagination.encode(self._mapper, order, [last[key.lstrip("-")] for key in order])
+        total = await self._count(query) if with_total else None
+        return KeysetPage(items=rows, next=token, limit=size, total=total)
+
+    async def _keyset_rows(
+        self,
+        query: lookups.Query,
+        order: tuple[str, ...],
+        position: builtins.list[Any] | None,
+        limit: int,
+        options: Sequence[ORMOption] | None,
+    ) -> builtins.list[ModelT]:
+        shape = None if options else query.fast()
+        ready = self._fast_reader() if shape is not None else None
+        if ready is not None and shape is not None:
+            values = {**shape[1], "limit": limit}
+            if position is not None:
+                values.update({f"k{index}": value for index, value in enumerate(position)})
+            plan_shape = (shape[0], order, position is not None)
+            rows = await self._fast_rows(ready, "keyset", plan_shape, values)
+            if rows is not None:
+                return fast_path.attach(self.session, ready[1], rows)
+        columns = [
+            (self._column(key.lstrip("-"), "order by").expression, key.startswith("-"))
+            for key in order
+        ]
+        statement = select(self.model).where(*query.conditions(self._mapper))
+        if position is not None:
+            statement = statement.where(pagination.after_condition(columns, position))
+        statement = statement.order_by(*pagination.order_clauses(columns)).limit(limit)
+        if options:
+            statement = statement.options(*options)
+        return list((await self.session.scalars(statement)).all())
 
     # -- writes in one statement (the SQL is in writes.py) -------------------------------
 
-    def _where_query(self, filters: Filters | None, purpose: str) -> lookups.Query | None:
+    def _where_query(
+        self, filters: Filters | None, purpose: str, scope: Scope = Scope.ALL
+    ) -> lookups.Query | None:
         """``filters`` parsed for a bulk write; ValueError when there are none, because a
         write without them would change every row of the table."""
         if not filters:
@@ -904,7 +1110,7 @@ class BaseRepository(Generic[ModelT]):
                 f"{purpose}() of {self._name} needs at least one filter, for example "
                 f"{example}: leaving the filters out would write every row of the table"
             )
-        return self._query(filters)
+        return self._query(filters, scope=scope)
 
     def _check_columns(self, names: Iterable[str], purpose: str) -> None:
         """Refuse names that are not column attributes (a relationship, a typo)."""
@@ -929,19 +1135,29 @@ class BaseRepository(Generic[ModelT]):
             raise ValueError(f"{purpose}() cannot change the primary key {', '.join(changed)}")
         return dict(values)
 
-    async def update_where(self, filters: Filters, /, **values: Any) -> int:
+    async def update_where(
+        self,
+        filters: Filters,
+        /,
+        *,
+        with_deleted: bool = False,
+        only_deleted: bool = False,
+        **values: Any,
+    ) -> int:
         """Set ``values`` on every row matching ``filters`` (the grammar of :meth:`list`)
         in one UPDATE, without reading the rows first; returns the number of rows matched.
 
         ``update_where({"author__username": "jake"}, published=False)``. ``filterable``
         governs the filters and ``writable`` the values (ValueError before any SQL, also
         for an unknown name, no filters or no values). Loaded objects the UPDATE changed
-        show the new values (see :mod:`aegis_shared.database.writes`). Soft-deleted rows
-        match like any other."""
+        show the new values (see :mod:`aegis_shared.database.writes`). As :meth:`update`,
+        it leaves soft-deleted rows alone unless ``with_deleted=True``
+        (``only_deleted=True``: only those)."""
         if not values:
             raise ValueError(f"update_where() of {self._name} needs at least one field to set")
+        scope = self._scope(with_deleted, only_deleted)
         checked = self._set_values(values, "update")
-        query = self._where_query(filters, "update_where")
+        query = self._where_query(filters, "update_where", scope)
         if query is None:
             return 0
         return await writes.update_where(self.session, self._mapper, query, checked)
@@ -951,7 +1167,8 @@ class BaseRepository(Generic[ModelT]):
         DELETE, without reading the rows first; returns the number deleted. Idempotent:
         rows already gone (also deleted by a concurrent transaction) count 0, no error.
         Database-side cascades (``ondelete``) apply, ORM cascades do not. Deleted objects
-        leave the session. Soft-deleted rows match like any other."""
+        leave the session. A hard delete, as :meth:`delete`: soft-deleted rows match like
+        any other (``delete_where(deleted_at__lt=cutoff)`` purges old ones)."""
         query = self._where_query(filters, "delete_where")
         if query is None:
             return 0
@@ -967,7 +1184,9 @@ class BaseRepository(Generic[ModelT]):
         ``lookup`` covers a unique key: of many concurrent calls (each in its own unit of
         work) one inserts and the others find its row, without an error. One SELECT when
         the row exists; else an INSERT that skips a taken key (MariaDB: inside a
-        SAVEPOINT) and a SELECT. ``lookup`` takes plain columns (no lookups, no paths);
+        SAVEPOINT) and a SELECT. A soft-deleted row is found like any other (it still holds
+        its unique key): check ``is_deleted`` and :meth:`restore` it if need be.
+        ``lookup`` takes plain columns (no lookups, no paths);
         ``filterable`` governs them and ``writable`` them and ``defaults``. On SQLite and
         MariaDB the INSERT comes first when no transaction has begun (two statements
         whether the row exists or not: SQLite then waits for the write lock instead of
@@ -995,7 +1214,7 @@ class BaseRepository(Generic[ModelT]):
             )
         dialect = self._dialect().name
         if dialect == "postgresql" or self.session.in_transaction():
-            found = await self.get_by(**lookup)
+            found = await self.get_by(with_deleted=True, **lookup)
             if found is not None:
                 return found, False
         # With no transaction yet, SQLite and MariaDB try the INSERT first. SQLite: it

@@ -247,6 +247,8 @@ async def _reload(
             condition = columns[0].in_([identity[0] for identity in chunk])
         else:
             condition = tuple_(*columns).in_(chunk)
+        # A plain SELECT, not a repository read: soft-deleted rows held by the session are
+        # reloaded too (the soft-delete scope belongs to repository calls only).
         statement = (
             select(mapper.class_)
             .where(condition)

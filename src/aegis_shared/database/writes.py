@@ -16,8 +16,9 @@ already holds, which the ORM would otherwise keep showing with their old values:
 * ``upsert`` re-reads the loaded objects of the model after it (one SELECT, only when
   some are loaded).
 
-Soft-deleted rows (``deleted_at``) are not treated apart: ``update_where`` and
-``delete_where`` match them like any other row.
+The soft-delete scope (:mod:`aegis_shared.database.scopes`) arrives in the parsed query:
+``update_where`` leaves soft-deleted rows alone unless asked (as ``update`` does), while
+``delete_where`` is a hard delete and matches them like any other row.
 """
 
 from __future__ import annotations
