@@ -240,8 +240,8 @@ def error_body(error: BaseException, *, expose_details: bool = False) -> dict[st
     detail = MESSAGES[code]
     if isinstance(error, EntityNotFoundError):
         if error.filters:
-            fields = " and ".join(str(field) for field in error.filters)
-            detail = f"{error.entity} with this {fields} not found"
+            named = " and ".join(str(field) for field in error.filters)
+            detail = f"{error.entity} with this {named} not found"
         else:
             detail = error.message
     body: dict[str, Any] = {"error": code, "detail": detail}
