@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> None:
             from bench import lists
 
             run(lists.run(**kwargs))
+        elif command == "queries":
+            from bench import queries
+
+            run(queries.run(**kwargs))
         elif command == "bulk":
             from bench import bulk
 

@@ -1,4 +1,6 @@
-"""``http``: ``GET /items/{id}`` through three FastAPI apps under uvicorn, loaded by wrk.
+"""``http``: ``GET /items/{id}`` through FastAPI apps under uvicorn, loaded by wrk: ours, two
+peers, and the same endpoint on a raw asyncpg pool, alone and with a no-op yield dependency
+(the limits of this stack, not peers).
 
 Each app (``bench/apps``) runs as its own uvicorn process (one worker, uvloop and httptools
 when installed, warnings only, no access log) on a free loopback port, with a pool of 10.
@@ -47,8 +49,14 @@ APPS = {
     "ours: get_session + ItemRepository.get_one": "bench.apps.ours_app:app",
     "Advanced Alchemy: FastAPI extension + repository.get": "bench.apps.aa_app:app",
     "SQLModel-style: sessionmaker dependency + session.get": "bench.apps.sqlmodel_app:app",
+    "asyncpg pool: pool.fetchrow, no ORM": "bench.apps.asyncpg_app:app",
+    "asyncpg pool + a no-op yield dependency": "bench.apps.asyncpg_app:app_with_yield_dependency",
 }
 OURS = "ours: get_session + ItemRepository.get_one"
+#: The limit of this stack, not a peer: the same endpoint on a raw asyncpg pool, and the same
+#: with FastAPI's cost of a yield dependency added (see bench/apps/asyncpg_app.py).
+RAW = "asyncpg pool: pool.fetchrow, no ORM"
+RAW_WITH_DEPENDENCY = "asyncpg pool + a no-op yield dependency"
 LUA = Path(__file__).resolve().parent / "apps" / "items.lua"
 CONNECTIONS = 32
 
@@ -321,12 +329,15 @@ def run(rounds: int = 2, seconds: int = 10, warmup: int = 3) -> None:
         values = p99[m.contender]
         m.extra["p99_ms"] = statistics.median(values) if values else None
         m.note = f"{m.note}; p99 {m.extra['p99_ms']:.1f} ms" if values else m.note
-    peers = [m for m in results if m.contender != OURS and m.rate]
+    peers = [m for m in results if m.contender not in (OURS, RAW, RAW_WITH_DEPENDENCY) and m.rate]
     best = max(peers, key=lambda m: m.rate or 0.0)
     baselines = {"GET /items/{id}": best.contender}
     goals = evaluate_goals(
         results,
-        [Goal("http: ours / best peer (req/s)", "GET /items/{id}", OURS, best.contender, 1.5)],
+        [
+            Goal("http: ours / best peer (req/s)", "GET /items/{id}", OURS, best.contender, 1.5),
+            Goal("http: ours / raw asyncpg pool (req/s)", "GET /items/{id}", OURS, RAW, 0.85),
+        ],
     )
     print_table(
         f"http: {CONNECTIONS} connections, {seconds}s per run, median of {rounds} rounds",

@@ -413,6 +413,46 @@ async def test_a_stall_is_bounded_by_the_command_timeout_and_named(
 
 
 @network
+@pytest.mark.parametrize("read", ["get_by_id", "list", "count"])
+async def test_a_stalled_fast_read_is_bounded_by_the_command_timeout_and_named(
+    db: DatabaseManager,
+    proxy: FaultProxy,
+    through: Callable[..., DatabaseManager],
+    read: str,
+) -> None:
+    # The fast path talks to the driver directly, outside SQLAlchemy's execution: a stall
+    # there ends in the same named error as on the ORM path, the connection is dropped
+    # and the pool serves on.
+    async with db.session() as session:
+        await UserRepository(session).create({"email": "f@x.io", "name": "f"})
+        await session.commit()
+    manager = through(command_timeout=0.5)
+
+    async def run() -> Any:
+        async with manager.session() as session:
+            repository = UserRepository(session)
+            if read == "get_by_id":
+                return await repository.get_by_id(1)
+            if read == "list":
+                return await repository.list(filters={"name": "f"})
+            return await repository.count(filters={"name": "f"})
+
+    assert await run()  # warm: one pooled connection, the plan compiled
+    opened = connects(manager)
+    proxy.stall()
+    started = time.monotonic()
+    with pytest.raises(DatabaseConnectionError, match="DATABASE_COMMAND_TIMEOUT") as caught:
+        await run()
+    elapsed = time.monotonic() - started
+    assert 0.5 <= elapsed < 3, f"gave up after {elapsed:.2f}s"
+    assert "0.5s" in str(caught.value)
+    assert manager.pool_status()["main"]["checked_out"] == 0
+    proxy.resume()
+    assert await run()
+    assert opened() == 1, "the timed-out connection was replaced, not reused"
+
+
+@network
 async def test_a_connect_to_a_stalled_server_is_bounded_and_named(
     db: DatabaseManager, proxy: FaultProxy, through: Callable[..., DatabaseManager]
 ) -> None:

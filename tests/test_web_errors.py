@@ -502,6 +502,29 @@ async def test_plain_starlette_app_gets_the_same_bodies(backend: str) -> None:
     assert response.json() == {"error": "not_found", "detail": "Widget with id 7 not found"}
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_a_lookup_by_fields_names_the_fields_but_not_their_values(
+    backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server adds filters of its own (the owner, a tenant): their values stay in the log.
+    async def missing(request: Request) -> JSONResponse:
+        raise EntityNotFoundError(
+            "Widget", filters={"slug": request.path_params["slug"], "owner_id": 4711}
+        )
+
+    caplog.set_level(logging.INFO, logger=WEB_LOGGER)
+    app = Starlette(routes=[Route("/widgets/{slug}", missing)])
+    install_error_handlers(app)
+    async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.get("/widgets/secret-plan")
+    assert response.status_code == 404
+    assert response.json() == {
+        "error": "not_found",
+        "detail": "Widget with this slug and owner_id not found",
+    }
+    assert "4711" not in response.text and "secret-plan" not in response.text
+
+
 # -- OpenAPI ------------------------------------------------------------------------------------
 
 

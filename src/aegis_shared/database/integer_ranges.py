@@ -21,8 +21,6 @@ from sqlalchemy.orm import Mapper
 from aegis_shared.database.dialects import profile_named
 
 Range = tuple[int, int]
-#: The values an IN filter takes (as ``BaseRepository.list(filters=...)`` reads them).
-IN_VALUES = (list, tuple, set, frozenset)
 
 
 def _outside(value: Any, bounds: Range | None) -> bool:
@@ -53,26 +51,6 @@ class ColumnRanges:
         if len(id) != len(key):
             return False  # the ORM explains a malformed id better than "not found"
         return any(_outside(v, b) for v, b in zip(id, key, strict=True))
-
-    def possible_filters(self, filters: Mapping[str, Any]) -> Mapping[str, Any] | None:
-        """``filters`` without the IN members no row can hold, or ``None`` when no row can
-        match: an equality with an impossible value, or an IN left with no members.
-
-        Returns ``filters`` itself when nothing was impossible.
-        """
-        pruned: dict[str, Any] | None = None
-        for key, value in filters.items():
-            bounds = self.by_key.get(key)
-            if isinstance(value, IN_VALUES):
-                kept = [item for item in value if not _outside(item, bounds)]
-                if not kept:
-                    return None
-                if len(kept) != len(value):
-                    pruned = dict(filters) if pruned is None else pruned
-                    pruned[key] = kept
-            elif _outside(value, bounds):
-                return None
-        return filters if pruned is None else pruned
 
 
 _cache: weakref.WeakKeyDictionary[Dialect, dict[Mapper[Any], ColumnRanges]] = (

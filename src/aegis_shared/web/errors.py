@@ -231,13 +231,19 @@ def error_body(error: BaseException, *, expose_details: bool = False) -> dict[st
     ``"fields"`` (model attribute names) for a unique violation when they are known, and
     ``"debug"`` (the exception's class and message) only when ``expose_details``.
 
-    ``detail`` is fixed text per code, except for ``not_found``, whose message is the
-    library's own ("User with id 42 not found": the model name and the id asked for).
+    ``detail`` is fixed text per code, except for ``not_found``, which names the model and
+    the id asked for ("User with id 42 not found"), or for a lookup by other fields only
+    those fields ("Article with this slug not found"): their values may include ones the
+    server added (an owner, a tenant), so they stay in the server log.
     """
     code = error_code(error)
     detail = MESSAGES[code]
     if isinstance(error, EntityNotFoundError):
-        detail = error.message
+        if error.filters:
+            named = " and ".join(str(field) for field in error.filters)
+            detail = f"{error.entity} with this {named} not found"
+        else:
+            detail = error.message
     body: dict[str, Any] = {"error": code, "detail": detail}
     if isinstance(error, DuplicateEntityError):
         fields = unique_fields(error)

@@ -1,0 +1,365 @@
+"""``queries``: the rich reads of issue 11 on a Conduit-style schema.
+
+1,000 users (each following 10), 20,000 articles (20 per author, 3 of 50 tags each, 0-7
+favorites each), in their own tables (:mod:`bench.conduit_models`). Two calls, each in four
+versions: ours (a new ``ConduitUnitOfWork`` per call, repository calls only), the SQLAlchemy
+ORM written as its documentation shows (a new ``AsyncSession`` per call), Advanced
+Alchemy's repository (its ``get_one_or_none`` and ``list`` with its filter objects) and, for
+reference, an asyncpg pool running the SQL by hand:
+
+* **get_by slug**: ``get_by(slug=s)``, one article by a unique column.
+* **list, two lookups and a path**: ``list(filters={"views__ge": 100, "created_at__lt": t,
+  "author__username": u}, order_by="-created_at", limit=20)``: an author's articles,
+  filtered on two columns and on a relationship path (an ``EXISTS`` in every version).
+
+Sequential calls in both CPU placements, interleaved rounds as in ``reads``; every
+contender's answer is checked against the others' before anything is timed.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from advanced_alchemy.filters import LimitOffset, OrderBy
+from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from aegis_shared.database import DatabaseManager
+from bench.common import (
+    PG_URL,
+    Goal,
+    Job,
+    Measurement,
+    Placement,
+    asyncpg_dsn,
+    asyncpg_pin_init,
+    evaluate_goals,
+    fill_server_version,
+    interleave,
+    pin_engine,
+    pin_self,
+    pinning_worked,
+    placements,
+    print_goals,
+    print_table,
+    recreate_database,
+    run_sequentially,
+    unpin_self,
+    write_results,
+)
+from bench.conduit_models import (
+    Article,
+    Author,
+    Base,
+    ConduitUnitOfWork,
+    article_tags,
+    favorites,
+    follows,
+)
+
+POOL_SIZE = 10
+USERS = 1_000
+ARTICLES = 20_000
+TAGS = 50
+FOLLOWS_EACH = 10
+LIMIT = 20
+BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
+#: ``created_at__lt`` of the list: leaves out the newest quarter of the articles.
+BEFORE = BASE_TIME + timedelta(minutes=ARTICLES * 3 // 4)
+
+OURS = "ours: UnitOfWork + repository"
+ORM = "SA ORM: new AsyncSession per call"
+AA = "Advanced Alchemy: repository"
+PG_POOL = "asyncpg pool"
+
+GET_SQL = (
+    "SELECT id, slug, title, description, views, created_at, author_id "
+    "FROM bench_cd_articles WHERE slug = $1"
+)
+LIST_SQL = (
+    "SELECT a.id, a.slug, a.title, a.description, a.views, a.created_at, a.author_id "
+    "FROM bench_cd_articles a WHERE a.views >= $1 AND a.created_at < $2 AND EXISTS "
+    "(SELECT 1 FROM bench_cd_users u WHERE u.id = a.author_id AND u.username = $3) "
+    "ORDER BY a.created_at DESC LIMIT $4"
+)
+
+
+class AAArticleRepository(SQLAlchemyAsyncRepository[Article]):
+    model_type = Article
+
+
+async def seed() -> None:
+    """Create the schema's tables in the benchmark database and fill them."""
+    engine = create_async_engine(PG_URL)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+    finally:
+        await engine.dispose()
+    users = [(u, f"user{u}", f"bio of {u}", f"https://img/{u}.png") for u in range(1, USERS + 1)]
+    tags = [(t, f"tag{t}") for t in range(1, TAGS + 1)]
+    articles = [
+        (
+            a,
+            f"article-{a}",
+            f"Title {a}",
+            f"About {a}",
+            (a * 37) % 1000,
+            BASE_TIME + timedelta(minutes=a),
+            (a % USERS) + 1,
+        )
+        for a in range(1, ARTICLES + 1)
+    ]
+    tagged = [(a, ((a * 7 + k * 13) % TAGS) + 1) for a in range(1, ARTICLES + 1) for k in range(3)]
+    liked = {
+        (((a * 7 + k * 131) % USERS) + 1, a) for a in range(1, ARTICLES + 1) for k in range(a % 8)
+    }
+    followed = {(u, ((u + k * 97) % USERS) + 1) for u in range(1, USERS + 1) for k in range(1, 11)}
+    conn = await asyncpg.connect(asyncpg_dsn())
+    try:
+        for table, rows, columns in (
+            (Author.__tablename__, users, ["id", "username", "bio", "image"]),
+            ("bench_cd_tags", tags, ["id", "name"]),
+            (
+                Article.__tablename__,
+                articles,
+                ["id", "slug", "title", "description", "views", "created_at", "author_id"],
+            ),
+            (article_tags.name, tagged, ["article_id", "tag_id"]),
+            (favorites.name, sorted(liked), ["user_id", "article_id"]),
+            (follows.name, sorted(followed), ["follower_id", "followed_id"]),
+        ):
+            await conn.copy_records_to_table(table, records=rows, columns=columns)
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
+class Contenders:
+    """Every contender's calls on one placement."""
+
+    def __init__(self, placement: Placement) -> None:
+        self.placement = placement
+
+    async def setup(self) -> None:
+        self.pool = await asyncpg.create_pool(
+            asyncpg_dsn(),
+            min_size=POOL_SIZE,
+            max_size=POOL_SIZE,
+            init=asyncpg_pin_init(self.placement),
+        )
+        self.engine = create_async_engine(PG_URL, pool_size=POOL_SIZE, max_overflow=0)
+        pin_engine(self.engine, self.placement)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.aa_engine = create_async_engine(PG_URL, pool_size=POOL_SIZE, max_overflow=0)
+        pin_engine(self.aa_engine, self.placement)
+        self.aa_sessions = async_sessionmaker(self.aa_engine, expire_on_commit=False)
+        self.db = DatabaseManager(PG_URL, pool_size=POOL_SIZE, max_overflow=0)
+        pin_engine(self.db.engine, self.placement)
+
+    async def close(self) -> None:
+        await self.pool.close()
+        await self.engine.dispose()
+        await self.aa_engine.dispose()
+        await self.db.close()
+
+    # -- get_by slug --------------------------------------------------------------------------
+
+    async def pg_get(self, slug: str) -> Any:
+        async with self.pool.acquire() as conn:
+            return await conn.fetchrow(GET_SQL, slug)
+
+    async def orm_get(self, slug: str) -> Any:
+        async with self.sessions() as session:
+            return await session.scalar(select(Article).where(Article.slug == slug))
+
+    async def aa_get(self, slug: str) -> Any:
+        async with self.aa_sessions() as session:
+            return await AAArticleRepository(session=session).get_one_or_none(slug=slug)
+
+    async def ours_get(self, slug: str) -> Any:
+        async with ConduitUnitOfWork(self.db) as uow:
+            return await uow.articles.get_by(slug=slug)
+
+    # -- list with two lookups and a relationship path -------------------------------------
+
+    async def pg_list(self, username: str) -> list[Any]:
+        async with self.pool.acquire() as conn:
+            return list(await conn.fetch(LIST_SQL, 100, BEFORE, username, LIMIT))
+
+    async def orm_list(self, username: str) -> list[Any]:
+        statement = (
+            select(Article)
+            .where(
+                Article.views >= 100,
+                Article.created_at < BEFORE,
+                Article.author.has(Author.username == username),
+            )
+            .order_by(Article.created_at.desc())
+            .limit(LIMIT)
+        )
+        async with self.sessions() as session:
+            return list((await session.scalars(statement)).all())
+
+    async def aa_list(self, username: str) -> list[Any]:
+        async with self.aa_sessions() as session:
+            return list(
+                await AAArticleRepository(session=session).list(
+                    Article.views >= 100,
+                    Article.created_at < BEFORE,
+                    Article.author.has(Author.username == username),
+                    OrderBy(field_name="created_at", sort_order="desc"),
+                    LimitOffset(limit=LIMIT, offset=0),
+                )
+            )
+
+    async def ours_list(self, username: str) -> list[Any]:
+        async with ConduitUnitOfWork(self.db) as uow:
+            return await uow.articles.list(
+                filters={
+                    "views__ge": 100,
+                    "created_at__lt": BEFORE,
+                    "author__username": username,
+                },
+                order_by="-created_at",
+                limit=LIMIT,
+            )
+
+    def calls(self) -> dict[str, dict[str, Any]]:
+        return {
+            "get_by slug": {
+                PG_POOL: self.pg_get,
+                ORM: self.orm_get,
+                AA: self.aa_get,
+                OURS: self.ours_get,
+            },
+            "list, two lookups and a path": {
+                PG_POOL: self.pg_list,
+                ORM: self.orm_list,
+                AA: self.aa_list,
+                OURS: self.ours_list,
+            },
+        }
+
+
+def _ids(result: Any) -> list[int]:
+    rows = result if isinstance(result, list) else [result]
+    return [row["id"] if isinstance(row, asyncpg.Record) else row.id for row in rows]
+
+
+async def _check(calls: dict[str, dict[str, Any]], args: dict[str, list[Any]]) -> None:
+    """Every contender gives the same answer, and a non-empty one, before any timing."""
+    for case, by_name in calls.items():
+        for arg in args[case][:5]:
+            answers = {name: _ids(await fn(arg)) for name, fn in by_name.items()}
+            expected = answers[PG_POOL]
+            if not expected:
+                raise SystemExit(f"{case}({arg!r}) matches nothing: the data set is wrong")
+            for name, ids in answers.items():
+                if ids != expected:
+                    raise SystemExit(f"{name}: {case}({arg!r}) gave {ids}, not {expected}")
+
+
+NOTES = {
+    ("get_by slug", PG_POOL): "reference only: acquire + fetchrow",
+    ("get_by slug", ORM): "session.scalar(select(Article).where(Article.slug == s))",
+    ("get_by slug", AA): "get_one_or_none(slug=s)",
+    ("get_by slug", OURS): "get_by(slug=s)",
+    ("list, two lookups and a path", PG_POOL): "reference only: acquire + fetch, EXISTS by hand",
+    ("list, two lookups and a path", ORM): (
+        "select(Article).where(views >= 100, created_at < t, "
+        "Article.author.has(Author.username == u)).order_by(created_at.desc()).limit(20)"
+    ),
+    ("list, two lookups and a path", AA): (
+        "list(Article.views >= 100, Article.created_at < t, Article.author.has(...), "
+        "OrderBy('created_at', 'desc'), LimitOffset(20, 0))"
+    ),
+    ("list, two lookups and a path", OURS): (
+        'list(filters={"views__ge": 100, "created_at__lt": t, "author__username": u}, '
+        'order_by="-created_at", limit=20)'
+    ),
+}
+
+
+async def _measure(
+    placement: Placement, args: dict[str, list[Any]], rounds: int, slices: int, warmup: int
+) -> list[Measurement]:
+    pin_self(placement)
+    contenders = Contenders(placement)
+    await contenders.setup()
+    try:
+        calls = contenders.calls()
+        await _check(calls, args)
+        jobs = []
+        for case, by_name in calls.items():
+            for name, fn in by_name.items():
+                await run_sequentially(fn, args[case][:warmup])
+                measurement = Measurement(
+                    f"{case}, {placement.name}", name, "calls/s", note=NOTES[(case, name)]
+                )
+                jobs.append(Job(measurement, fn, args[case]))
+        await interleave(jobs, rounds, slices, f"{placement.name}: ")
+    finally:
+        await contenders.close()
+        unpin_self()
+    return [job.measurement for job in jobs]
+
+
+async def run(
+    calls: int = 900,
+    rounds: int = 3,
+    slices: int = 3,
+    warmup: int = 100,
+    placement_names: tuple[str, ...] = ("split", "shared"),
+) -> None:
+    await recreate_database(seed_rows=0)
+    await seed()
+    await fill_server_version()
+    rng = random.Random(42)
+    args = {
+        "get_by slug": [f"article-{rng.randint(1, ARTICLES)}" for _ in range(calls)],
+        "list, two lookups and a path": [f"user{rng.randint(1, USERS)}" for _ in range(calls)],
+    }
+    all_placements = placements()
+    results: list[Measurement] = []
+    goals: list[Goal] = []
+    for name in placement_names:
+        placement = all_placements[name]
+        print(f"placement {placement.name}: {placement.description}")
+        results += await _measure(placement, args, rounds, slices, warmup)
+        for case in args:
+            goals += [
+                Goal(f"{case} ({name}): ours / SA ORM", f"{case}, {name}", OURS, ORM, 3.0),
+                Goal(f"{case} ({name}): ours / Advanced Alchemy", f"{case}, {name}", OURS, AA, 3.0),
+            ]
+    baselines = {m.case: ORM for m in results}
+    evaluated = evaluate_goals(results, goals)
+    print_table(
+        f"queries: {calls} calls of each, sequential, median of {rounds} rounds",
+        results,
+        baselines,
+    )
+    print_goals(evaluated)
+    write_results(
+        "queries",
+        results,
+        evaluated,
+        {
+            "calls_per_round": calls,
+            "users": USERS,
+            "articles": ARTICLES,
+            "tags": TAGS,
+            "limit": LIMIT,
+            "pool_size": POOL_SIZE,
+            "rounds": rounds,
+            "slices_per_round": slices,
+            "warmup_calls": warmup,
+            "placements": {name: all_placements[name].description for name in placement_names},
+            "backends_pinned": pinning_worked(),
+        },
+        baselines,
+    )
