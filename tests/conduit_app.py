@@ -6,9 +6,10 @@ Conduit model of tests/conduit_models.py, and the response shaped as the spec's 
 Articles" JSON. A page of 20 articles with authors, tags, favorites and follows costs at
 most six statements (tests/test_conduit.py checks it on every backend):
 
-1. the articles, each with its favorites count (``list(load=..., annotate=...)``),
+1. the articles, each with its favorites count (``paginate(offset=, limit=, load=...,
+   annotate=...)``),
 2. their authors and 3. their tags (the two ``load=`` relationships),
-4. the total (``count``),
+4. the total (the page's second statement),
 5. which of them the reader favorited (``linked("favorited_by", ...)``),
 6. which of their authors the reader follows (``linked("followers", ...)``).
 
@@ -90,23 +91,24 @@ async def _articles(
 ) -> dict[str, Any]:
     uow = ConduitUnitOfWork.wrap(session)
     articles, users = uow.articles, uow.users
-    page = await articles.list(
-        skip=offset,
+    page = await articles.paginate(
+        offset=offset,
         limit=limit,
         filters=filters,
         order_by=ORDER,
         load=["author", "tags"],
         annotate={"favorites_count": "favorited_by"},
     )
-    total = await articles.count(filters)
     favorited: set[int] = set()
     following: set[int] = set()
     if me is not None:
-        favorited = await articles.linked("favorited_by", [a.id for a in page], me)
-        following = await users.linked("followers", {a.author_id for a in page}, me)
+        favorited = await articles.linked("favorited_by", [a.id for a in page.items], me)
+        following = await users.linked("followers", {a.author_id for a in page.items}, me)
     return {
-        "articles": [article_json(a, a.id in favorited, a.author_id in following) for a in page],
-        "articlesCount": total,
+        "articles": [
+            article_json(a, a.id in favorited, a.author_id in following) for a in page.items
+        ],
+        "articlesCount": page.total,
     }
 
 
