@@ -21,7 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship,
 
 from aegis_shared.database import BaseRepository, DatabaseManager, loading
 from aegis_shared.errors.exceptions import RelationshipNotLoadedError
-from aegis_shared.models import NAMING_CONVENTION
+from aegis_shared.models import NAMING_CONVENTION, SoftDeleteMixin
 from aegis_shared.testing import count_queries
 from tests import conduit_app
 from tests.conduit_models import (
@@ -407,7 +407,7 @@ class OrderedBase(AsyncAttrs, DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Post(OrderedBase):
+class Post(SoftDeleteMixin, OrderedBase):
     __tablename__ = "ld_posts"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -485,3 +485,27 @@ async def test_a_self_referential_one_to_many(make_db: MakeDb) -> None:
             (6, 0),
         ]
         assert [sorted(r.id for r in p.replies) for p in posts] == [[3, 4, 5], [], [6], [], [], []]
+
+
+async def test_the_scope_applies_to_the_rows_not_to_what_they_load_or_count(
+    make_db: MakeDb,
+) -> None:
+    """Soft-deleted rows are left out of the list, as without load=; loaded relationships
+    and counts reach related rows whatever their deleted_at, as paths and count_links do."""
+    db = await make_db(OrderedBase.metadata)
+    async with db.session() as session:
+        session.add_all([Post(id=1, title="root"), Post(id=2, title="other")])
+        await session.flush()
+        session.add_all([Post(id=i, title=f"r{i}", parent_id=1) for i in (3, 4)])
+    async with db.session() as session:
+        await Posts(session).soft_delete(3)
+    async with db.session() as session:
+        posts = Posts(session)
+        live = await posts.list(load=["replies"], annotate={"reply_count": "replies"})
+        assert [(p.id, p.reply_count) for p in live] == [(1, 2), (2, 0), (4, 0)]
+        assert sorted(r.id for r in live[0].replies) == [3, 4]
+        counts = await posts.count_links("replies", [1])
+        assert counts == {1: live[0].reply_count}
+        gone = await posts.get_by_id(3, load=["replies"])
+        held = await posts.get_by_id(3, load=["replies"], with_deleted=True)
+        assert gone is None and held is not None and held.replies == []
