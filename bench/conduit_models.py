@@ -8,6 +8,7 @@ tables), used by every contender: ours through repositories, the ORM through pla
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Column, DateTime, ForeignKey, Integer, MetaData, String, Table
 from sqlalchemy.ext.asyncio import AsyncAttrs
@@ -24,19 +25,21 @@ follows = Table(
     "bench_cd_follows",
     Base.metadata,
     Column("follower_id", ForeignKey("bench_cd_users.id"), primary_key=True),
-    Column("followed_id", ForeignKey("bench_cd_users.id"), primary_key=True),
+    Column("followed_id", ForeignKey("bench_cd_users.id"), primary_key=True, index=True),
 )
+# Each association table has its primary key one way and an index the other way, as a
+# Conduit schema would (articles of a tag; favorites of an article).
 article_tags = Table(
     "bench_cd_article_tags",
     Base.metadata,
     Column("article_id", ForeignKey("bench_cd_articles.id"), primary_key=True),
-    Column("tag_id", ForeignKey("bench_cd_tags.id"), primary_key=True),
+    Column("tag_id", ForeignKey("bench_cd_tags.id"), primary_key=True, index=True),
 )
 favorites = Table(
     "bench_cd_favorites",
     Base.metadata,
     Column("user_id", ForeignKey("bench_cd_users.id"), primary_key=True),
-    Column("article_id", ForeignKey("bench_cd_articles.id"), primary_key=True),
+    Column("article_id", ForeignKey("bench_cd_articles.id"), primary_key=True, index=True),
 )
 
 
@@ -63,6 +66,10 @@ class Tag(Base):
 
 
 class Article(Base):
+    if TYPE_CHECKING:
+        #: Set by ``annotate={"favorites_count": "favorited_by"}``.
+        favorites_count: int
+
     __tablename__ = "bench_cd_articles"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
