@@ -23,8 +23,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests examples
 	$(BIN)/mypy src tests/typing
 
+# Two worker processes: each creates its own databases (tests/conftest.py), and the suite
+# spends much of its time waiting on the servers, so two workers take well under the time
+# of one even on two CPUs. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # Benchmarks against the peers (docs/benchmarks.md): the bench extra holds the peers and
 # tools, never runtime dependencies. Needs PostgreSQL (BENCH_PG_URL); wrk if installed.
