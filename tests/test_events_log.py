@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import MetaData, func, select
 
 from aegis_shared.database import DatabaseManager, TransactionManager, UnitOfWork, with_db_retry
 from aegis_shared.errors.exceptions import TransactionConflictError
@@ -22,6 +22,7 @@ from aegis_shared.events import (
     channels_table,
     event_metadata,
     events_table,
+    include_event_tables,
     positions,
     publish,
     read_events,
@@ -282,3 +283,15 @@ async def test_read_events_refuses_bad_input_before_any_sql(
     with pytest.raises(ValueError, match="invalid event channel"):
         await read_events(edb, "bad channel")
     assert counter.count == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_event_tables_join_an_application_metadata_for_migrations(
+    edb: DatabaseManager,
+) -> None:
+    app_metadata = MetaData()
+    include_event_tables(app_metadata)
+    include_event_tables(app_metadata)  # twice: left alone
+    assert sorted(app_metadata.tables) == ["aegis_event_channels", "aegis_events"]
+    copied = app_metadata.tables["aegis_events"]
+    assert {c.name for c in copied.constraints} >= {"uq_aegis_events_channel_position"}

@@ -8,8 +8,10 @@
 See docs/guide.md, "Live data".
 """
 
+from aegis_shared.events.hub import EventHub
 from aegis_shared.events.publish import MAX_EVENT_BYTES, check_channel, publish
 from aegis_shared.events.reading import MAX_READ, Event, read_events
+from aegis_shared.events.subscription import Resync, Subscription
 from aegis_shared.events.tables import (
     MAX_CHANNEL_LENGTH,
     channels_table,
@@ -17,6 +19,7 @@ from aegis_shared.events.tables import (
     drop_event_tables,
     event_metadata,
     events_table,
+    include_event_tables,
 )
 
 __all__ = [
@@ -24,12 +27,16 @@ __all__ = [
     "MAX_EVENT_BYTES",
     "MAX_READ",
     "Event",
+    "EventHub",
+    "Resync",
+    "Subscription",
     "channels_table",
     "check_channel",
     "create_event_tables",
     "drop_event_tables",
     "event_metadata",
     "events_table",
+    "include_event_tables",
     "publish",
     "read_events",
 ]

@@ -5,9 +5,10 @@ at COMMIT (see :mod:`aegis_shared.events.positions`), so it is ``NULL`` only whi
 publishing transaction is open, and no other transaction ever sees such a row.
 ``aegis_event_channels`` holds one counter row per channel: the last position given.
 
-Create them with :func:`create_event_tables` (demos and tests), or in an Alembic migration
-from :data:`event_metadata` (``target_metadata = [Base.metadata, event_metadata]``), or
-copy the two ``op.create_table`` calls that ``alembic revision --autogenerate`` writes.
+Create them with :func:`create_event_tables` (demos and tests), or with Alembic: in
+``migrations/env.py`` call ``include_event_tables(Base.metadata)`` before
+``run_migrations(Base.metadata)``, and ``alembic revision --autogenerate`` writes their two
+``op.create_table`` calls.
 """
 
 from __future__ import annotations
@@ -67,6 +68,14 @@ channels_table: Final = Table(
     Column("channel", String(MAX_CHANNEL_LENGTH), primary_key=True),
     Column("last_position", BigInteger(), nullable=False),
 )
+
+
+def include_event_tables(metadata: MetaData) -> None:
+    """Copy the event log's tables into ``metadata`` (your ``Base.metadata``), so Alembic's
+    autogenerate sees them next to your own; tables already there are left alone."""
+    for table in event_metadata.tables.values():
+        if table.key not in metadata.tables:
+            table.to_metadata(metadata)
 
 
 async def create_event_tables(db: DatabaseManager) -> None:

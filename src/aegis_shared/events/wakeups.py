@@ -31,8 +31,8 @@ NOTIFY_CHANNEL: Final = "aegis_events"
 
 #: Called (synchronously, no I/O) with the channels a local commit published to.
 LocalListener = Callable[[Sequence[str]], None]
-#: Sends one NOTIFY per channel name given, in one round trip.
-Sender = Callable[[list[str]], Awaitable[None]]
+#: Sends one NOTIFY per channel name given, in one round trip; False when it cannot now.
+Sender = Callable[[list[str]], Awaitable[bool]]
 
 _NOTIFY_SQL = text("SELECT pg_notify(:notify_channel, c) FROM unnest(:channels) AS c").bindparams(
     bindparam("channels", type_=ARRAY(Text()))
@@ -71,7 +71,9 @@ class _EngineWakeups:
             batch = sorted(self.pending)
             self.pending.clear()
             try:
-                await (self.sender or self._send_pooled)(batch)
+                sender = self.sender
+                if sender is None or not await sender(batch):
+                    await self._send_pooled(batch)
                 self.notifies_sent += 1
             except Exception as exc:
                 # Other processes learn of these events at their next wake-up instead.
