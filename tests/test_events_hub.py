@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from aegis_shared.config import Settings
 from aegis_shared.database import DatabaseManager
 from aegis_shared.errors.exceptions import ConfigurationError
 from aegis_shared.events import (
@@ -324,3 +325,27 @@ async def test_bad_arguments_are_refused(edb: DatabaseManager) -> None:
         EventHub(edb, poll_min=0)
     with pytest.raises(ConfigurationError, match="direct_url"):
         EventHub(edb, direct_url="postgresql://x@localhost/db")
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_listen_goes_to_the_direct_url(
+    edb: DatabaseManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = edb.url.render_as_string(hide_password=False)
+    settings = Settings(database_url=url, database_direct_url=url)
+    async with (
+        EventHub.from_settings(edb, settings) as hub,
+        hub.subscribe("orders", after=0) as subscription,
+    ):
+        await until(lambda: hub.listener_pid is not None, "the LISTEN connection")
+        await send(edb, "orders", 1)
+        assert positions(await take(subscription, 1)) == [1]
+
+    # Nothing listens on port 1: the hub keeps trying there, never on DATABASE_URL.
+    unreachable = edb.url.set(port=1).render_as_string(hide_password=False)
+    async with EventHub(edb, direct_url=unreachable, reconnect_min=0.05) as hub:
+        hub.subscribe("orders")
+        await asyncio.sleep(0.3)
+        assert hub.listener_pid is None
+    assert "event hub cannot LISTEN on" in caplog.text
+    assert ":1/" in caplog.text

@@ -248,6 +248,7 @@ async def test_read_events_after_and_limit_in_one_statement(edb: DatabaseManager
         for n in range(1, 8):
             await publish(session, "orders", n)
         await publish(session, "other", "not mine")
+    await wakeups.drain(edb.engine.sync_engine)  # the commit's NOTIFY is not the read's
 
     with assert_max_queries(1, edb):
         events = await read_events(edb, "orders", after=2, limit=3)
@@ -295,3 +296,20 @@ async def test_event_tables_join_an_application_metadata_for_migrations(
     assert sorted(app_metadata.tables) == ["aegis_event_channels", "aegis_events"]
     copied = app_metadata.tables["aegis_events"]
     assert {c.name for c in copied.constraints} >= {"uq_aegis_events_channel_position"}
+
+
+async def test_a_publishing_commit_costs_three_statements_per_channel(
+    backend: str, edb: DatabaseManager
+) -> None:
+    session = edb.session_factory()
+    try:
+        for n in range(5):
+            await publish(session, "orders", n)
+        await publish(session, "other", "x")
+        with count_queries(edb) as counter:
+            await session.commit()
+    finally:
+        await session.close()
+    per_channel = 4 if backend == "mariadb" else 3  # no RETURNING on MariaDB's upsert
+    assert counter.count == 2 * per_channel, counter.statements
+    assert [p for p, _ in await log(edb, "orders")] == [1, 2, 3, 4, 5]

@@ -21,7 +21,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from sqlalchemy import select
 from sqlalchemy.engine import URL, Engine
@@ -35,6 +35,9 @@ from aegis_shared.events.publish import check_channel
 from aegis_shared.events.reading import MAX_READ, Event, check_position, read_events
 from aegis_shared.events.subscription import DEFAULT_QUEUE_SIZE, Subscription
 from aegis_shared.events.tables import channels_table
+
+if TYPE_CHECKING:
+    from aegis_shared.config import Settings
 
 logger = logging.getLogger("aegis_shared.events")
 
@@ -129,6 +132,18 @@ class EventHub:
     seconds (SQLite, MariaDB); ``safety_poll``: the PostgreSQL poll for lost wake-ups.
     """
 
+    @classmethod
+    def from_settings(
+        cls, db: DatabaseManager, settings: Settings | None = None, **options: Any
+    ) -> EventHub:
+        """A hub for ``db`` whose LISTEN goes to ``DATABASE_DIRECT_URL`` when it is set."""
+        if settings is None:
+            from aegis_shared.config import Settings
+
+            settings = Settings()
+        options.setdefault("direct_url", settings.database_direct_url)
+        return cls(db, **options)
+
     def __init__(
         self,
         db: DatabaseManager,
@@ -172,7 +187,9 @@ class EventHub:
         self._kick = asyncio.Event()
         self._listener: Listener | None = None
         if db.dialect_name == "postgresql":
-            url = normalize_url(direct_url) if direct_url is not None else db.url
+            url = db.url
+            if direct_url is not None:
+                url = normalize_url(direct_url, "DATABASE_DIRECT_URL")
             self._listener = Listener(
                 url,
                 on_channel=self._wake_channel,
