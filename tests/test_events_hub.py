@@ -262,6 +262,8 @@ async def test_idle_subscriptions_hold_no_pooled_connection(make_db: MakeDb, bac
         for n in range(10):
             await ready(hub, f"room-{n}")
         await until(lambda: all(s.position is not None for s in subscriptions), "all waiting")
+        if backend == "postgresql":
+            await until(lambda: hub.listener_pid is not None, "the LISTEN connection")
         await asyncio.sleep(0.05)
         samples = []
         for _ in range(50):
@@ -269,6 +271,12 @@ async def test_idle_subscriptions_hold_no_pooled_connection(make_db: MakeDb, bac
             await asyncio.sleep(0.01)
         if backend == "postgresql":
             assert max(samples) == 0  # woken by LISTEN, no polling
+            async with db.session() as session:  # the LISTEN connection is not a pooled one
+                name = await session.scalar(
+                    text("SELECT application_name FROM pg_stat_activity WHERE pid = :pid"),
+                    {"pid": hub.listener_pid},
+                )
+            assert name == "aegis-events"
         else:
             assert max(samples) <= 1  # at most the poll's own brief read
         # Every pooled connection is free for requests while 100 streams are open.

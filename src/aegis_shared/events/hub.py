@@ -86,7 +86,7 @@ class _Channel:
                 break
             except Exception as exc:
                 logger.warning("event hub cannot read channel %s: %s; retrying", self.name, exc)
-                await asyncio.sleep(self.hub.poll_max)
+                await asyncio.sleep(self.hub.retry_delay)
         self._ready.set()
         while not self.stopped:
             await self._wake.wait()
@@ -98,7 +98,7 @@ class _Channel:
             except Exception as exc:
                 # The next wake-up (a commit, a poll, a reconnect) reads from the same place.
                 logger.warning("event hub read of channel %s failed: %s", self.name, exc)
-                await asyncio.sleep(self.hub.poll_min)
+                await asyncio.sleep(self.hub.retry_delay)
                 self._wake.set()
 
     async def _read_new(self) -> None:
@@ -176,6 +176,8 @@ class EventHub:
         self.queue_size = int(queue_size)
         self.poll_min = float(poll_min)
         self.poll_max = float(poll_max)
+        #: Wait before reading again after a failed read (the database restarting).
+        self.retry_delay = min(float(poll_max), 1.0)
         self._channels: dict[str, _Channel] = {}
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
