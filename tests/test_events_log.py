@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import MetaData, func, select
+from sqlalchemy.engine import URL
 
 from aegis_shared.database import DatabaseManager, TransactionManager, UnitOfWork, with_db_retry
 from aegis_shared.errors.exceptions import TransactionConflictError
@@ -30,6 +31,7 @@ from aegis_shared.events import (
 )
 from aegis_shared.testing import assert_max_queries, count_queries
 from tests.conftest import MakeDb
+from tests.faults import fault_proxy
 
 
 class Boom(Exception):
@@ -313,3 +315,45 @@ async def test_a_publishing_commit_costs_three_statements_per_channel(
     per_channel = 4 if backend == "mariadb" else 3  # no RETURNING on MariaDB's upsert
     assert counter.count == 2 * per_channel, counter.statements
     assert [p for p, _ in await log(edb, "orders")] == [1, 2, 3, 4, 5]
+
+
+async def test_plain_begin_nested_blocks_are_followed_too(edb: DatabaseManager) -> None:
+    session = edb.session_factory()
+    try:
+        await publish(session, "orders", "outer")
+        nested = await session.begin_nested()
+        await publish(session, "orders", "rolled back")
+        await nested.rollback()
+        await session.begin_nested()
+        await publish(session, "orders", "in a SAVEPOINT still open at commit")
+        await session.commit()
+    finally:
+        await session.close()
+    assert await log(edb, "orders") == [(1, "outer"), (2, "in a SAVEPOINT still open at commit")]
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True)
+async def test_attempt_cut_off_by_a_lost_connection_is_retried_and_publishes_once(
+    edb: DatabaseManager, db_url: URL
+) -> None:
+    async with fault_proxy(db_url) as proxy:
+        manager = DatabaseManager(proxy.url(db_url), pool_size=2, command_timeout=2)
+        attempts = 0
+        try:
+
+            @with_db_retry(max_attempts=3, base_delay=0.001, max_delay=0.01)
+            async def place_order() -> None:
+                nonlocal attempts
+                attempts += 1
+                async with manager.session() as session:
+                    await publish(session, "orders", {"attempt": attempts})
+                    if attempts == 1:
+                        proxy.drop_all()  # the server rolls the open transaction back
+
+            await place_order()
+        finally:
+            await wakeups.drain(manager.engine.sync_engine)
+            await manager.close()
+    assert attempts == 2
+    assert await log(edb, "orders") == [(1, {"attempt": 2})]
+    assert await row_count(edb) == 1
