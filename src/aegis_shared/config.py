@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     database_fast_path: bool = Field(
         True, description="Lean driver-level reads for get_by_id, list and count."
     )
+    database_direct_url: str | None = Field(
+        None,
+        repr=False,  # may hold a password, as DATABASE_URL
+        description="PostgreSQL reached without a transaction pooler (pgbouncer), for "
+        "session-scoped work such as the event hub's LISTEN; DATABASE_URL when unset.",
+    )
     session_cookie_secure: bool = Field(
         True,
         description="Mark the session cookie Secure (and name it __Host-session); false only "
@@ -114,6 +120,13 @@ class Settings(BaseSettings):
     def _url_parses(cls, value: str) -> str:
         parse_url(value, "DATABASE_URL")  # its error shows the URL masked
         return value
+
+    @field_validator("database_direct_url")
+    @classmethod
+    def _direct_url_parses(cls, value: str | None) -> str | None:
+        if value:
+            parse_url(value, "DATABASE_DIRECT_URL")
+        return value or None
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -1,8 +1,9 @@
 """FastAPI / Starlette glue: the per-request database session, the session cookie, the
-CSRF defence and error handlers.
+CSRF defence, error handlers and Server-Sent Events from the event log.
 
-Needs the ``fastapi`` extra (``pip install aegis-shared[fastapi]``) for the error handlers
-and the session cookie; the database session middleware and the CSRF defence are plain ASGI.
+Needs the ``fastapi`` extra (``pip install aegis-shared[fastapi]``) for the error handlers,
+the session cookie and the SSE helpers; the database session middleware and the CSRF
+defence are plain ASGI.
 """
 
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from aegis_shared.web.middleware import DatabaseSessionMiddleware
 
 if TYPE_CHECKING:
     from aegis_shared.web.errors import install_error_handlers
+    from aegis_shared.web.events import event_stream, last_event_id
     from aegis_shared.web.sessions import HttpSession, SessionMiddleware, current_session
 
 __all__ = [
@@ -30,7 +32,9 @@ __all__ = [
     "SessionMiddleware",
     "csrf_token",
     "current_session",
+    "event_stream",
     "install_error_handlers",
+    "last_event_id",
     "send_refusal",
     "send_websocket_refusal",
 ]
@@ -40,6 +44,8 @@ _NEEDS_STARLETTE = {
     "HttpSession": "aegis_shared.web.sessions",
     "SessionMiddleware": "aegis_shared.web.sessions",
     "current_session": "aegis_shared.web.sessions",
+    "event_stream": "aegis_shared.web.events",
+    "last_event_id": "aegis_shared.web.events",
 }
 
 

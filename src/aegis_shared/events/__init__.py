@@ -1,0 +1,42 @@
+"""Live data: a commit-ordered event log on the application's database (issue 12).
+
+>>> from aegis_shared.events import publish, read_events, EventHub, Event
+>>> async with db.session() as session:
+...     await publish(session, "fridge:42", {"added": "egg"})   # exists iff this commits
+>>> events = await read_events(db, "fridge:42", after=0)
+
+See docs/guide.md, "Live data".
+"""
+
+from aegis_shared.events.hub import EventHub
+from aegis_shared.events.publish import MAX_EVENT_BYTES, check_channel, publish
+from aegis_shared.events.reading import MAX_READ, Event, read_events
+from aegis_shared.events.subscription import Resync, Subscription
+from aegis_shared.events.tables import (
+    MAX_CHANNEL_LENGTH,
+    channels_table,
+    create_event_tables,
+    drop_event_tables,
+    event_metadata,
+    events_table,
+    include_event_tables,
+)
+
+__all__ = [
+    "MAX_CHANNEL_LENGTH",
+    "MAX_EVENT_BYTES",
+    "MAX_READ",
+    "Event",
+    "EventHub",
+    "Resync",
+    "Subscription",
+    "channels_table",
+    "check_channel",
+    "create_event_tables",
+    "drop_event_tables",
+    "event_metadata",
+    "events_table",
+    "include_event_tables",
+    "publish",
+    "read_events",
+]
