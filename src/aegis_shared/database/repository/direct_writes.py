@@ -1,5 +1,6 @@
-"""The writes of a repository in one statement, without the ORM's flush: ``update_where``,
-``delete_where``, ``get_or_create`` and ``upsert``.
+"""The writes of a repository sent as statements of their own, not through the ORM's
+flush: ``update_where``, ``delete_where`` and ``upsert`` in one statement each,
+``get_or_create`` in one SELECT when the row exists.
 
 Each checks its input here (ValueError before any SQL); the statements are built in
 :mod:`aegis_shared.database.writes`.
