@@ -647,3 +647,18 @@ async def test_create_many_inside_a_savepoint(db: DatabaseManager) -> None:
         assert inspect(inner[0]).transient
         assert [u.name for u in await users.list()] == ["outer"]
     assert await count_rows(db, User) == 1
+
+
+def test_the_repository_module_keeps_its_names() -> None:
+    """``aegis_shared.database.repository`` is a package now; what it held still imports
+    from it, as the same objects ``aegis_shared.database`` exports."""
+    import aegis_shared.database as database
+    from aegis_shared.database import repository
+
+    for name in ("BaseRepository", "Page", "KeysetPage", "ListTruncatedWarning"):
+        assert getattr(repository, name) is getattr(database, name)
+    assert repository.MAX_PAGE_SIZE_KEY == "aegis.max_page_size"
+    assert repository.MAX_ORDER_BY_TERMS == 8
+    for alias in ("Filters", "Where", "OrderBy", "Load", "Annotate", "ModelT"):
+        assert hasattr(repository, alias)
+    assert all(hasattr(repository, name) for name in repository.__all__)

@@ -42,6 +42,14 @@ class WArticle(WriteBase):
     author: Mapped[WAuthor] = relationship()
 
 
+class WBadge(WriteBase):
+    """A primary key whose attribute (``code``) and column (``badge_code``) differ."""
+
+    __tablename__ = "wr_badges"
+    code: Mapped[int] = mapped_column("badge_code", primary_key=True, autoincrement=False)
+    label: Mapped[str] = mapped_column(String(50))
+
+
 class AuthorRepository(BaseRepository[WAuthor]):
     pass
 
@@ -94,6 +102,24 @@ async def test_update_without_fields_of_a_missing_row_is_not_found(wdb: Database
     async with wdb.session() as session:
         with pytest.raises(EntityNotFoundError):
             await ArticleRepository(session).update(99)
+
+
+async def test_update_and_update_where_refuse_a_primary_key_by_its_attribute_name(
+    wdb: DatabaseManager,
+) -> None:
+    async with wdb.session() as session:
+        session.add(WBadge(code=7, label="gold"))
+    with count_queries(wdb) as counter:
+        async with wdb.session() as session:
+            badges = BaseRepository(session, WBadge)
+            with pytest.raises(ValueError, match=r"update\(\) cannot change the primary key code"):
+                await badges.update(7, code=8)
+            with pytest.raises(ValueError, match=r"update\(\) cannot change the primary key code"):
+                await badges.update_where({"label": "gold"}, code=8)
+    assert counter.count == 0
+    async with wdb.session() as session:
+        stored = (await session.execute(select(WBadge.code, WBadge.label))).all()
+    assert [tuple(row) for row in stored] == [(7, "gold")]
 
 
 # -- update_where / delete_where ---------------------------------------------------------------

@@ -1,10 +1,16 @@
-"""Bulk inserts that return no objects: ``create_many(rows, returning=False)``.
+"""Bulk inserts: ``create_many(rows, returning=False)``, which returns no objects, and
+the multi-row ``INSERT ... RETURNING`` of ``create_many``'s new objects.
 
-On PostgreSQL the rows go through ``COPY ... FROM STDIN`` (asyncpg's binary COPY) on the
-session's own connection, inside its transaction; elsewhere through one multi-row INSERT
-per batch (SQLAlchemy's insertmanyvalues). Why by hand: SQLAlchemy has no COPY, and the
-ORM's flush builds, tracks and expires an object per row, which is most of the cost of a
-100,000-row load that nobody reads back.
+With ``returning=False``, on PostgreSQL the rows go through ``COPY ... FROM STDIN``
+(asyncpg's binary COPY) on the session's own connection, inside its transaction;
+elsewhere through one multi-row INSERT per batch (SQLAlchemy's insertmanyvalues). Why by
+hand: SQLAlchemy has no COPY, and the ORM's flush builds, tracks and expires an object per
+row, which is most of the cost of a 100,000-row load that nobody reads back.
+
+With objects returned (:func:`returning_batches`, :func:`insert_returning`), new rows of
+a model with an auto-incremented id go out as multi-row ``INSERT ... RETURNING``, because
+the ORM's flush sends one statement per row on SQLite, which cannot return the rows of a
+multi-row INSERT in order; the instances come back persistent, as after a flush.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapper
-from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.orm.attributes import instance_state, set_committed_value
+from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.sql.compiler import InsertmanyvaluesSentinelOpts
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.types import TypeEngine
 
@@ -293,3 +301,89 @@ def _converter(
     plain_boolean = type(type_).bind_processor is Boolean.bind_processor  # not overridden
     ready = bool if plain_boolean and dialect.supports_native_boolean else None
     return process, ready
+
+
+# -- new objects: multi-row INSERT ... RETURNING (create_many, returning=True) -----------------
+
+#: The rows of one ``INSERT ... RETURNING``: each instance's state and its column values.
+Batch = list[tuple[InstanceState[Any], dict[str, Any]]]
+
+
+def returning_batches(
+    session: AsyncSession, mapper: Mapper[Any], instances: list[Any]
+) -> list[Batch] | None:
+    """The rows for :func:`insert_returning`, grouped by the columns they set, or ``None``
+    when the instances need the ORM's flush."""
+    table = mapper.local_table
+    flush_events = session.sync_session.dispatch
+    if (
+        mapper.inherits is not None
+        or not isinstance(table, Table)
+        or mapper.version_id_col is not None
+        or mapper.dispatch.before_insert
+        or mapper.dispatch.after_insert
+        or flush_events.before_flush
+        or flush_events.after_flush
+        or table.autoincrement_column is None
+        or list(table.primary_key.columns) != [table.autoincrement_column]
+        or not session.get_bind(mapper=mapper).dialect.insert_executemany_returning
+        or len({id(instance) for instance in instances}) != len(instances)
+    ):
+        return None
+    columns = table_columns(mapper)
+    groups: dict[tuple[str, ...], Batch] = {}
+    for instance in instances:
+        state = instance_state(instance)
+        if not state.transient:
+            return None
+        for rel in mapper.relationships:
+            related = state.dict.get(rel.key)
+            if related is not None and (not rel.uselist or len(related)):
+                return None
+        row: dict[str, Any] = {}
+        for key, column in columns:
+            value = state.dict.get(key)
+            if column.primary_key and value is not None:
+                return None
+            if is_sql_expression(value):
+                return None
+            if value is None and not (key in state.dict and column.type.should_evaluate_none):
+                if not (column.primary_key or column.default or column.server_default):
+                    row[column.key] = None  # an explicit NULL, as the ORM's flush sends
+                continue
+            row[column.key] = value
+        groups.setdefault(tuple(sorted(row)), []).append((state, row))
+    return list(groups.values())
+
+
+async def insert_returning(
+    session: AsyncSession, mapper: Mapper[Any], batch: Batch, model_name: str
+) -> None:
+    """INSERT ... RETURNING the rows of one group, then make their instances persistent."""
+    columns = table_columns(mapper)
+    table = mapper.local_table
+    assert isinstance(table, Table) and table.autoincrement_column is not None
+    dialect = session.get_bind(mapper=mapper).dialect
+    # PostgreSQL and MariaDB return the rows in parameter order; SQLite cannot, so there
+    # rows are matched by id, which it hands out in ascending order of the VALUES rows.
+    ordered = bool(
+        dialect.insertmanyvalues_implicit_sentinel & InsertmanyvaluesSentinelOpts.ANY_AUTOINCREMENT
+    )
+    statement = insert(table).returning(
+        *(column for _, column in columns), sort_by_parameter_order=ordered
+    )
+    result = await session.execute(statement, [row for _, row in batch])
+    rows = list(result.all())
+    if len(rows) != len(batch):
+        raise RuntimeError(f"INSERT of {len(batch)} {model_name} rows returned {len(rows)}")
+    if not ordered:
+        pk = next(i for i, (_, c) in enumerate(columns) if c is table.autoincrement_column)
+        rows.sort(key=lambda returned: returned[pk])
+    for (state, _), returned in zip(batch, rows, strict=True):
+        for index, (key, _) in enumerate(columns):
+            set_committed_value(state.obj(), key, returned[index])
+    states = {state for state, _ in batch}
+    session.add_all([state.obj() for state, _ in batch])
+    # What a flush does with the rows it inserted: persistent, in the identity map, and
+    # expunged again (transient) if the transaction rolls back.
+    session.sync_session._register_persistent(states)
