@@ -534,3 +534,38 @@ def asyncpg_pin_init(placement: Placement) -> Callable[[Any], Awaitable[None]]:
         pin_backend(conn.get_server_pid(), placement)
 
     return init
+
+
+class PeerEngines:
+    """The connections the sequential read scenarios (``lists``, ``queries``) give their
+    contenders on one placement, each with a pool of ``pool_size`` and its backends pinned:
+    an asyncpg pool (the reference), a plain SQLAlchemy engine and sessionmaker (the ORM),
+    another for Advanced Alchemy, and our ``DatabaseManager``."""
+
+    def __init__(self, placement: Placement, pool_size: int = 10) -> None:
+        self.placement = placement
+        self.pool_size = pool_size
+
+    async def setup(self) -> None:
+        from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+        from aegis_shared.database import DatabaseManager
+
+        size = self.pool_size
+        self.pool = await asyncpg.create_pool(
+            asyncpg_dsn(), min_size=size, max_size=size, init=asyncpg_pin_init(self.placement)
+        )
+        self.engine = create_async_engine(PG_URL, pool_size=size, max_overflow=0)
+        pin_engine(self.engine, self.placement)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.aa_engine = create_async_engine(PG_URL, pool_size=size, max_overflow=0)
+        pin_engine(self.aa_engine, self.placement)
+        self.aa_sessions = async_sessionmaker(self.aa_engine, expire_on_commit=False)
+        self.db = DatabaseManager(PG_URL, pool_size=size, max_overflow=0)
+        pin_engine(self.db.engine, self.placement)
+
+    async def close(self) -> None:
+        await self.pool.close()
+        await self.engine.dispose()
+        await self.aa_engine.dispose()
+        await self.db.close()

@@ -13,24 +13,19 @@ from typing import Any
 import asyncpg
 from advanced_alchemy.filters import LimitOffset, OrderBy
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from aegis_shared.database import DatabaseManager
 from bench.aa_models import AAItemRepository
 from bench.common import (
     CATEGORIES,
-    PG_URL,
     SEED_ROWS,
     Goal,
     Job,
     Measurement,
+    PeerEngines,
     Placement,
-    asyncpg_dsn,
-    asyncpg_pin_init,
     evaluate_goals,
     fill_server_version,
     interleave,
-    pin_engine,
     pin_self,
     pinning_worked,
     placements,
@@ -59,33 +54,8 @@ LIST_SQL = (
 COUNT_SQL = "SELECT count(*) FROM bench_items WHERE category = $1"
 
 
-class Contenders:
+class Contenders(PeerEngines):
     """The four contenders' list and count calls on one placement."""
-
-    def __init__(self, placement: Placement) -> None:
-        self.placement = placement
-
-    async def setup(self) -> None:
-        self.pool = await asyncpg.create_pool(
-            asyncpg_dsn(),
-            min_size=POOL_SIZE,
-            max_size=POOL_SIZE,
-            init=asyncpg_pin_init(self.placement),
-        )
-        self.engine = create_async_engine(PG_URL, pool_size=POOL_SIZE, max_overflow=0)
-        pin_engine(self.engine, self.placement)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        self.aa_engine = create_async_engine(PG_URL, pool_size=POOL_SIZE, max_overflow=0)
-        pin_engine(self.aa_engine, self.placement)
-        self.aa_sessions = async_sessionmaker(self.aa_engine, expire_on_commit=False)
-        self.db = DatabaseManager(PG_URL, pool_size=POOL_SIZE, max_overflow=0)
-        pin_engine(self.db.engine, self.placement)
-
-    async def close(self) -> None:
-        await self.pool.close()
-        await self.engine.dispose()
-        await self.aa_engine.dispose()
-        await self.db.close()
 
     # -- list ---------------------------------------------------------------------------------
 

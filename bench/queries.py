@@ -34,22 +34,20 @@ import asyncpg
 from advanced_alchemy.filters import LimitOffset, OrderBy
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from sqlalchemy import exists, func, select
-from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import joinedload, selectinload
 
-from aegis_shared.database import DatabaseManager
 from bench.common import (
     PG_URL,
     Goal,
     Job,
     Measurement,
+    PeerEngines,
     Placement,
     asyncpg_dsn,
-    asyncpg_pin_init,
     evaluate_goals,
     fill_server_version,
     interleave,
-    pin_engine,
     pin_self,
     pinning_worked,
     placements,
@@ -150,33 +148,8 @@ async def seed() -> None:
         await conn.close()
 
 
-class Contenders:
+class Contenders(PeerEngines):
     """Every contender's calls on one placement."""
-
-    def __init__(self, placement: Placement) -> None:
-        self.placement = placement
-
-    async def setup(self) -> None:
-        self.pool = await asyncpg.create_pool(
-            asyncpg_dsn(),
-            min_size=POOL_SIZE,
-            max_size=POOL_SIZE,
-            init=asyncpg_pin_init(self.placement),
-        )
-        self.engine = create_async_engine(PG_URL, pool_size=POOL_SIZE, max_overflow=0)
-        pin_engine(self.engine, self.placement)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        self.aa_engine = create_async_engine(PG_URL, pool_size=POOL_SIZE, max_overflow=0)
-        pin_engine(self.aa_engine, self.placement)
-        self.aa_sessions = async_sessionmaker(self.aa_engine, expire_on_commit=False)
-        self.db = DatabaseManager(PG_URL, pool_size=POOL_SIZE, max_overflow=0)
-        pin_engine(self.db.engine, self.placement)
-
-    async def close(self) -> None:
-        await self.pool.close()
-        await self.engine.dispose()
-        await self.aa_engine.dispose()
-        await self.db.close()
 
     # -- get_by slug --------------------------------------------------------------------------
 
