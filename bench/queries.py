@@ -117,7 +117,7 @@ async def seed() -> None:
             f"article-{a}",
             f"Title {a}",
             f"About {a}",
-            (a * 37) % 1000,
+            (a * 37 + (a // USERS) * 53) % 1000,  # varies within an author too
             BASE_TIME + timedelta(minutes=a),
             (a % USERS) + 1,
         )
