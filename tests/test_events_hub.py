@@ -357,3 +357,21 @@ async def test_listen_goes_to_the_direct_url(
         assert hub.listener_pid is None
     assert "event hub cannot LISTEN on" in caplog.text
     assert ":1/" in caplog.text
+
+
+async def test_latest_position_then_subscribe_after_it_misses_nothing(
+    edb: DatabaseManager,
+) -> None:
+    async with EventHub(edb) as hub:
+        assert await hub.latest_position("snap:1") == 0
+        await send(edb, "snap:1", "a", "b")
+        start = await hub.latest_position("snap:1")
+        assert start == 2
+        # A change that commits after the position was taken (while a snapshot is read)
+        # still arrives once subscribed after that position.
+        await send(edb, "snap:1", "c")
+        async with hub.subscribe("snap:1", after=start) as events:
+            items = await take(events, 1)
+        assert [(i.position, i.data) for i in items if isinstance(i, Event)] == [(3, "c")]
+        with pytest.raises(ValueError, match="channel"):
+            await hub.latest_position("no spaces allowed")

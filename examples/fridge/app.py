@@ -8,28 +8,34 @@ The session cookie is ``Secure`` (and named ``__Host-session``) by default, whic
 keeps only over https: ``SESSION_COOKIE_SECURE=false`` opts out for local plain http.
 
 ``GET /fridge`` shows the fridge, ``POST /fridge/ingredients`` and ``DELETE
-/fridge/ingredients`` change it, ``POST /login`` and ``POST /logout`` rotate and end the
+/fridge/ingredients`` change it, ``GET /fridge/events`` follows its changes live (Server-Sent
+Events, also across worker processes: another tab sees an ingredient the moment its commit
+is done), ``POST /login`` and ``POST /logout`` rotate and end the
 session, and ``GET /admin/session-stats`` / ``POST /admin/cleanup-sessions`` are seed 002's
 monitoring and cleanup, behind the bearer token ``FRIDGE_ADMIN_TOKEN`` (examples/fridge/admin.py).
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 
 from aegis_shared.config import Settings
 from aegis_shared.database import DatabaseManager, configure_database
+from aegis_shared.events import EventHub, create_event_tables
 from aegis_shared.sessions import SessionStore, sweep_sessions
 from aegis_shared.web import HttpSession, SessionMiddleware, current_session, install_error_handlers
+from aegis_shared.web.events import event_stream, last_event_id
 from examples.fridge.admin import AdminSettings, CleanupJobs, admin_router
 from examples.fridge.models import FridgeBase, UserFridgeIngredient, UserFridgeSession
-from examples.fridge.service import FridgeService, FridgeUnitOfWork
+from examples.fridge.service import FridgeService, FridgeUnitOfWork, fridge_channel
 
 __all__ = ["CATALOGUE", "create_app"]
 
@@ -46,6 +52,14 @@ CATALOGUE = [
 ]
 
 CurrentSession = Depends(current_session)
+
+#: Polling bounds of the event hub on SQLite and MariaDB (PostgreSQL is woken by NOTIFY):
+#: a change made through another worker process shows within about 50 ms, for one
+#: one-row read per process every 50 ms, which these servers do in microseconds.
+LIVE_POLL_SECONDS = 0.05
+
+#: Where the session's data keeps the name of its fridge's event channel.
+FRIDGE_ID = "fridge_id"
 
 
 #: An ingredient id as the column can hold it (a 32-bit INTEGER): anything else is a 422,
@@ -77,10 +91,21 @@ def _fridge_json(rows: list[UserFridgeIngredient]) -> list[dict[str, Any]]:
     ]
 
 
+def _channel_of(session: HttpSession) -> str:
+    """The session's fridge channel, named on first use; the name lives in the session's
+    data, so it survives the new id a login gives the session."""
+    fridge_id = session.get(FRIDGE_ID)
+    if not isinstance(fridge_id, str):
+        fridge_id = secrets.token_urlsafe(12)
+        session[FRIDGE_ID] = fridge_id
+    return fridge_channel(fridge_id)
+
+
 async def prepare_database(db: DatabaseManager) -> None:
     """Create the tables if missing and fill an empty catalogue (a demo's set-up; a real
     service runs migrations instead)."""
     await db.create_all(FridgeBase.metadata)
+    await create_event_tables(db)
     async with FridgeUnitOfWork(db) as uow:
         if await uow.ingredients.count() == 0:
             await uow.ingredients.create_many(
@@ -119,7 +144,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_database(manager)
         await prepare_database(manager)
-        async with sweep_sessions(sessions, every=sweep_every):
+        hub = EventHub.from_settings(
+            manager, poll_min=LIVE_POLL_SECONDS, poll_max=LIVE_POLL_SECONDS
+        )
+        async with hub, sweep_sessions(sessions, every=sweep_every):
+            app.state.hub = hub
             yield
         await jobs.stop()
         await manager.close()
@@ -142,7 +171,8 @@ def create_app(
         """Put ingredients in the fridge (one already there stays as it is); answers with
         the fridge's contents."""
         key = await session.ensure()
-        await FridgeService.add_ingredients(key, body.ingredient_ids)
+        channel = _channel_of(session)
+        await FridgeService.add_ingredients(key, body.ingredient_ids, channel=channel)
         rows = await FridgeService.get_session_ingredients(key)
         return {"user": session.get("user"), "ingredients": _fridge_json(rows)}
 
@@ -152,8 +182,51 @@ def create_app(
     ) -> dict[str, int]:
         """Take ingredients out of the fridge."""
         key = session.key
-        removed = await FridgeService.remove_ingredients(key, body.ingredient_ids) if key else 0
+        if key is None:
+            return {"removed": 0}
+        channel = _channel_of(session)
+        removed = await FridgeService.remove_ingredients(key, body.ingredient_ids, channel=channel)
         return {"removed": removed}
+
+    async def follow(
+        request: Request,
+        session: HttpSession = CurrentSession,
+        after: int | None = Depends(last_event_id),
+    ) -> tuple[str, int, ServerSentEvent | None]:
+        """What ``/fridge/events`` streams: its channel, the position it starts after and,
+        on a first connection, a snapshot of the fridge. A dependency, so that a visitor
+        without a fridge gets a real 404 and a failed read a real 503: once the stream's
+        generator runs, the response is already a 200."""
+        key = session.key
+        if key is None:
+            raise HTTPException(404, "No fridge yet: add an ingredient first, then follow it.")
+        channel = _channel_of(session)
+        if after is not None:  # a reconnecting EventSource: replay what it missed
+            return channel, after, None
+        # Snapshot, then follow: the position first, so a change that commits while the
+        # snapshot is read is in both (the events are idempotent) rather than in neither.
+        hub: EventHub = request.app.state.hub
+        position = await hub.latest_position(channel)
+        rows = await FridgeService.get_session_ingredients(key)
+        snapshot = ServerSentEvent(
+            event="snapshot", data={"ingredients": _fridge_json(rows)}, id=str(position)
+        )
+        return channel, position, snapshot
+
+    @app.get("/fridge/events", response_class=EventSourceResponse)
+    async def fridge_events(
+        request: Request, start: tuple[str, int, ServerSentEvent | None] = Depends(follow)
+    ) -> AsyncIterator[ServerSentEvent]:
+        """The fridge's changes as Server-Sent Events: a ``snapshot`` event first, then
+        ``{"added": [ids]}`` and ``{"removed": [ids]}`` as they commit, from any worker
+        process. Each carries its position as ``id``, so a reconnecting ``EventSource``
+        resumes where it stopped, nothing missed. It holds no database connection while
+        it waits."""
+        channel, after, snapshot = start
+        if snapshot is not None:
+            yield snapshot
+        async for message in event_stream(request.app.state.hub, channel, after=after):
+            yield message
 
     @app.post("/login")
     async def login(body: Login, session: HttpSession = CurrentSession) -> dict[str, str]:

@@ -5,6 +5,10 @@ INSERT runs at the commit, outside the ``try``) and, if it did, would roll back 
 ingredient added before. Here a duplicate is skipped by the database itself
 (``create_many(..., skip_duplicates=True)``: ``ON CONFLICT DO NOTHING``), so adding an
 ingredient twice, or from 100 requests at once, leaves one row and raises nothing.
+
+Given a ``channel`` (:func:`fridge_channel`), each change also publishes an event in the
+same transaction, so another tab following ``GET /fridge/events`` sees it when, and only
+when, it committed.
 """
 
 from __future__ import annotations
@@ -17,10 +21,24 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
 from aegis_shared.database import BaseRepository, UnitOfWork, with_db_retry
+from aegis_shared.events import publish
 from aegis_shared.models import utcnow
 from examples.fridge.models import Ingredient, UserFridgeIngredient
 
-__all__ = ["FridgeRepository", "FridgeService", "FridgeUnitOfWork", "IngredientRepository"]
+__all__ = [
+    "FridgeRepository",
+    "FridgeService",
+    "FridgeUnitOfWork",
+    "IngredientRepository",
+    "fridge_channel",
+]
+
+
+def fridge_channel(fridge_id: str) -> str:
+    """The event channel of one fridge. ``fridge_id`` is a random name kept in the session's
+    data, not the session's key: the key changes at every login (``rotate``), and a stream
+    that resumes by ``Last-Event-ID`` must find the same channel, with the same positions."""
+    return f"fridge:{fridge_id}"
 
 
 class IngredientRepository(BaseRepository[Ingredient]):
@@ -86,10 +104,16 @@ class FridgeService:
 
     @staticmethod
     @with_db_retry
-    async def add_ingredients(session_key: str, ingredient_ids: Sequence[int]) -> int:
-        """Add ingredients to the fridge; returns how many were new."""
+    async def add_ingredients(
+        session_key: str, ingredient_ids: Sequence[int], *, channel: str | None = None
+    ) -> int:
+        """Add ingredients to the fridge; returns how many were new. With ``channel``
+        (:func:`fridge_channel`), an ``{"added": [ids]}`` event is published with it."""
         async with FridgeUnitOfWork() as uow:
             added = await uow.fridge.add(session_key, ingredient_ids)
+            if added and channel is not None:
+                ids = list(dict.fromkeys(ingredient_ids))
+                await publish(uow.session, channel, {"added": ids})
             await uow.commit()
             return added
 
@@ -101,10 +125,16 @@ class FridgeService:
 
     @staticmethod
     @with_db_retry
-    async def remove_ingredients(session_key: str, ingredient_ids: Sequence[int]) -> int:
-        """Remove ingredients from the fridge; returns how many were removed."""
+    async def remove_ingredients(
+        session_key: str, ingredient_ids: Sequence[int], *, channel: str | None = None
+    ) -> int:
+        """Remove ingredients from the fridge; returns how many were removed. With
+        ``channel``, a ``{"removed": [ids]}`` event is published with it."""
         async with FridgeUnitOfWork() as uow:
             removed = await uow.fridge.remove(session_key, ingredient_ids)
+            if removed and channel is not None:
+                ids = list(dict.fromkeys(ingredient_ids))
+                await publish(uow.session, channel, {"removed": ids})
             await uow.commit()
             return removed
 

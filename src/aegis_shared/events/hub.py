@@ -312,6 +312,17 @@ class EventHub:
         state.subscribers.add(subscription)
         return subscription
 
+    async def latest_position(self, channel: str) -> int:
+        """The position of ``channel``'s last committed event (0 for none yet), in one
+        read on a pooled connection given back at once.
+
+        For "snapshot, then follow": take it before reading the state a client starts
+        from, then ``subscribe(channel, after=that)``. An event that commits in between
+        is in the snapshot and arrives again, so apply events idempotently; none is missed.
+        """
+        check_channel(channel)
+        return await self._head(channel)
+
     def _forget(self, channel: _Channel) -> None:
         if self._channels.get(channel.name) is channel:
             del self._channels[channel.name]
