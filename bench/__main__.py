@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> None:
             from bench import sessions
 
             sessions.run(run, **kwargs)
+        elif command == "events":
+            from bench import events
+
+            run(events.run(**kwargs))
         elif command == "profile":
             from bench import profile
 

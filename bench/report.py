@@ -10,9 +10,11 @@ from bench.common import SCENARIOS, format_rate, load_results
 TITLES = {
     "reads": "Reads by primary key",
     "lists": "Lists and counts",
+    "queries": "Repository queries",
     "bulk": "Bulk insert",
     "http": "HTTP: GET /items/{id}",
     "sessions": "Server-side sessions against starsessions + Redis",
+    "events": "Live data: SSE fan-out across 2 workers",
 }
 
 
