@@ -375,3 +375,28 @@ async def test_latest_position_then_subscribe_after_it_misses_nothing(
         assert [(i.position, i.data) for i in items if isinstance(i, Event)] == [(3, "c")]
         with pytest.raises(ValueError, match="channel"):
             await hub.latest_position("no spaces allowed")
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_the_listen_connection_connects_the_way_the_pool_does(
+    make_db: MakeDb, db_url: Any
+) -> None:
+    # Query parameters SQLAlchemy's asyncpg dialect understands (TLS, the statement cache)
+    # and connect_args: a DSN built from the URL made asyncpg send them as server settings,
+    # which PostgreSQL refused, and the hub never listened.
+    url = db_url.update_query_dict({"ssl": "disable", "prepared_statement_cache_size": "0"})
+    db = await make_db(event_metadata)
+    other_db = DatabaseManager(url, connect_args={"server_settings": {"jit": "off"}})
+    try:
+        async with EventHub(other_db) as hub, hub.subscribe("orders", after=0) as events:
+            await until(lambda: hub.listener_pid is not None, "the LISTEN connection")
+            async with db.session() as session:
+                name = await session.scalar(
+                    text("SELECT application_name FROM pg_stat_activity WHERE pid = :pid"),
+                    {"pid": hub.listener_pid},
+                )
+            assert name == "aegis-events"
+            await send(db, "orders", 1)
+            assert positions(await take(events, 1)) == [1]
+    finally:
+        await other_db.close()

@@ -62,6 +62,9 @@ class DialectProfile:
     integer_bits: ClassVar[IntegerBits] = {}
     #: True when the backend stores UNSIGNED integers (a type with ``unsigned=True``).
     unsigned_integers: ClassVar[bool] = False
+    #: ``connect_args`` that SQLAlchemy's adapter takes for itself and the driver's own
+    #: ``connect`` would refuse (see engine.driver_connect_kwargs).
+    adapter_only_connect_args: ClassVar[tuple[str, ...]] = ()
 
     def declare_write(self, connection: Connection) -> None:
         """Make the transaction just begun on ``connection`` a write transaction from its
@@ -171,6 +174,11 @@ class PostgresProfile(DialectProfile):
 
     name = "postgresql"
     integer_bits: ClassVar[IntegerBits] = {SmallInteger: 16, Integer: 32, BigInteger: 64}
+    adapter_only_connect_args: ClassVar[tuple[str, ...]] = (
+        "async_creator_fn",
+        "prepared_statement_cache_size",
+        "prepared_statement_name_func",
+    )
 
     def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
         settings = {"application_name": options.application_name}

@@ -49,6 +49,24 @@ _COMMIT_IN_FLIGHT = "_aegis_commit_in_flight"
 _built: weakref.WeakKeyDictionary[Engine, tuple[EngineOptions, DialectProfile]] = (
     weakref.WeakKeyDictionary()
 )
+#: The connect_args each engine was built with (the profile's merged with the caller's).
+_connect_args: weakref.WeakKeyDictionary[Engine, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def driver_connect_kwargs(engine: AsyncEngine, url: URL | None = None) -> dict[str, Any]:
+    """The keyword arguments the engine's driver ``connect`` gets for ``url`` (default:
+    the engine's own): what SQLAlchemy takes from the URL and its query, then the engine's
+    ``connect_args`` (TLS, server settings, timeouts), less what only SQLAlchemy's adapter
+    understands. For a connection of the library's own outside the pool (the event hub's
+    LISTEN), so that it connects the way the pool does, TLS included."""
+    sync_engine = engine.sync_engine
+    _, kwargs = sync_engine.dialect.create_connect_args(url or sync_engine.url)
+    kwargs.update(_connect_args.get(sync_engine, {}))
+    built = _built.get(sync_engine)
+    if built is not None:
+        for key in built[1].adapter_only_connect_args:
+            kwargs.pop(key, None)
+    return dict(kwargs)
 
 
 def connect_timeout_error(options: EngineOptions, orig: BaseException) -> DatabaseConnectionError:
@@ -258,4 +276,5 @@ def build_engine(
     event.listen(sync_engine, "checkout", _liveness_check(profile))
     profile.install(engine, url, options)
     _built[sync_engine] = (options, profile)
+    _connect_args[sync_engine] = dict(kwargs["connect_args"])
     return engine

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 from sqlalchemy import select
 from sqlalchemy.engine import URL, Engine
 
+from aegis_shared.database.engine import driver_connect_kwargs
 from aegis_shared.database.manager import DatabaseManager
 from aegis_shared.database.urls import normalize_url
 from aegis_shared.errors.exceptions import ConfigurationError
@@ -194,6 +195,7 @@ class EventHub:
                 url = normalize_url(direct_url, "DATABASE_DIRECT_URL")
             self._listener = Listener(
                 url,
+                driver_connect_kwargs(db.engine, url),
                 on_channel=self._wake_channel,
                 on_connected=self._wake_all,
                 connect_timeout=db.connect_timeout,

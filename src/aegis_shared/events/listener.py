@@ -28,12 +28,6 @@ from aegis_shared.events.wakeups import NOTIFY_CHANNEL
 logger = logging.getLogger("aegis_shared.events")
 
 
-def asyncpg_dsn(url: URL) -> str:
-    """The libpq-style DSN asyncpg takes, from a SQLAlchemy URL (any PostgreSQL driver)."""
-    plain = url.set(drivername="postgresql")
-    return plain.render_as_string(hide_password=False)
-
-
 class Listener:
     """Keeps one LISTEN connection open; calls ``on_channel(name)`` for each wake-up from
     another connection and ``on_connected()`` after every (re)connection."""
@@ -41,6 +35,7 @@ class Listener:
     def __init__(
         self,
         url: URL,
+        connect_kwargs: dict[str, Any],
         *,
         on_channel: Callable[[str], None],
         on_connected: Callable[[], None],
@@ -49,7 +44,12 @@ class Listener:
         backoff_min: float,
         backoff_max: float,
     ) -> None:
-        self._dsn = asyncpg_dsn(url)
+        # asyncpg.connect's keywords as the pool's engine passes them (host, user and TLS
+        # from the URL and connect_args): not a DSN, whose unknown query parameters asyncpg
+        # would send as server settings. Its own application name, to tell it apart.
+        settings = dict(connect_kwargs.get("server_settings") or {})
+        settings["application_name"] = "aegis-events"
+        self._connect_kwargs = {**connect_kwargs, "server_settings": settings}
         self._safe = mask_url(url)
         self._on_channel = on_channel
         self._on_connected = on_connected
@@ -124,11 +124,7 @@ class Listener:
 
     async def _connect(self) -> None:
         self._lost.clear()
-        conn = await asyncpg.connect(
-            self._dsn,
-            timeout=self._connect_timeout,
-            server_settings={"application_name": "aegis-events"},
-        )
+        conn = await asyncpg.connect(**{**self._connect_kwargs, "timeout": self._connect_timeout})
         try:
             conn.add_termination_listener(self._terminated)
             await conn.add_listener(NOTIFY_CHANNEL, self._notified)
