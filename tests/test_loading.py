@@ -509,3 +509,44 @@ async def test_the_scope_applies_to_the_rows_not_to_what_they_load_or_count(
         gone = await posts.get_by_id(3, load=["replies"])
         held = await posts.get_by_id(3, load=["replies"], with_deleted=True)
         assert gone is None and held is not None and held.replies == []
+
+
+async def test_keyset_takes_load_and_annotate(db: DatabaseManager) -> None:
+    expected = await expected_articles(db)
+    seen: list[int] = []
+    token = None
+    async with db.session() as session:
+        articles = ArticleRepository(session)
+        while True:
+            with count_queries(db) as counter:
+                page = await articles.keyset(
+                    token,
+                    limit=7,
+                    order_by=NEWEST,
+                    load=["author", "tags"],
+                    annotate={"favorites_count": "favorited_by"},
+                )
+            assert counter.count == 3, counter.statements  # rows with counts, authors, tags
+            seen += [a.id for a in page.items]
+            for article in page.items:
+                assert article.author.username == expected[article.id]["author"]
+                assert sorted(t.name for t in article.tags) == expected[article.id]["tags"]
+                assert article.favorites_count == expected[article.id]["favorites"]
+            token = page.next
+            if token is None:
+                break
+    async with db.session() as session:  # a fresh identity map: no author loaded yet
+        with count_queries(db) as counter:
+            loaded = await ArticleRepository(session).keyset(
+                filters={"id__le": 4}, order_by=NEWEST, load=["comments__author"]
+            )
+        assert counter.count == 3, counter.statements  # rows, comments, their authors
+    assert seen == sorted(expected, reverse=True)
+    assert [a.id for a in loaded.items] == [4, 3, 2, 1]
+    assert any(expected[i]["comments"] for i in (1, 2, 3, 4))  # a check of the data
+    for article in loaded.items:
+        comments = sorted((c.body, c.author.username) for c in article.comments)
+        assert comments == expected[article.id]["comments"]
+    with pytest.raises(ValueError, match="load"):
+        async with db.session() as session:
+            await ArticleRepository(session).keyset(load=["no_such_relationship"])

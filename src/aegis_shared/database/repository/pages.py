@@ -13,7 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.interfaces import ORMOption
 
-from aegis_shared.database import fast_path, lookups, pagination
+from aegis_shared.database import annotations as annotating
+from aegis_shared.database import fast_path, loading, lookups, pagination
 from aegis_shared.database.pagination import KeysetPage, Page, whole_number
 from aegis_shared.database.repository.core import Annotate, Filters, Load, ModelT, OrderBy, Where
 from aegis_shared.database.repository.reads import Reads
@@ -81,6 +82,8 @@ class Pages(Reads[ModelT]):
         with_total: bool = False,
         with_deleted: bool = False,
         only_deleted: bool = False,
+        load: Load | None = None,
+        annotate: Annotate | None = None,
     ) -> KeysetPage[ModelT]:
         """The ``limit`` rows after the token ``after`` (``None``: the first page), in the
         order of ``order_by`` (column names, ``-name`` descending, any mix; the primary key
@@ -91,8 +94,10 @@ class Pages(Reads[ModelT]):
         ``page.next`` is not ``None``. One statement per page, on the fast path, at the
         same cost at any depth; rows inserted or deleted before the cursor between two
         fetches never make a later page skip or repeat a row. ``with_total=True`` adds the
-        total count (a second statement). ``filters``, ``exclude``, ``where`` and the
-        soft-delete scope as :meth:`list` takes them; give the same ones with each token.
+        total count (a second statement). ``filters``, ``exclude``, ``where``, the
+        soft-delete scope, ``load`` and ``annotate`` as :meth:`list` takes them (``load``
+        adds a statement per relationship; ``annotate`` reads on the ORM path); give the
+        same filters and order with each token.
 
         ValueError before any SQL for: a token that is damaged, not ours, or made for
         another model or ordering; an ordering column that is nullable (NULLs have no
@@ -114,9 +119,11 @@ class Pages(Reads[ModelT]):
         order = pagination.keyset_order(self._mapper, keys)
         position = None if after is None else pagination.decode(self._mapper, order, after)
         size = self._limit(whole_number("limit", limit, 1))
+        paths = loading.parse(self._mapper, load)
+        counts = annotating.parse(self._mapper, annotate)
         if query is None:
             return KeysetPage(items=[], next=None, limit=size, total=0 if with_total else None)
-        rows = await self._keyset_rows(query, order, position, size + 1, options)
+        rows = await self._keyset_rows(query, order, position, size + 1, options, paths, counts)
         token = None
         if len(rows) > size:
             del rows[size:]
@@ -132,17 +139,22 @@ class Pages(Reads[ModelT]):
         position: builtins.list[Any] | None,
         limit: int,
         options: Sequence[ORMOption] | None,
+        paths: tuple[loading.Path, ...],
+        counts: annotating.Annotations,
     ) -> builtins.list[ModelT]:
-        shape = None if options else query.fast()
+        shape = None if options or counts else query.fast()
         ready = self._fast_reader() if shape is not None else None
-        if ready is not None and shape is not None:
+        plan = self._fast_load_plan(ready, paths)
+        if ready is not None and shape is not None and plan is not None:
             values = {**shape[1], "limit": limit}
             if position is not None:
                 values.update({f"k{index}": value for index, value in enumerate(position)})
             plan_shape = (shape[0], order, position is not None)
             rows = await self._fast_rows(ready, "keyset", plan_shape, values)
             if rows is not None:
-                return fast_path.attach(self.session, ready[1], rows)
+                instances = fast_path.attach(self.session, ready[1], rows)
+                if not paths or await loading.load_fast(self.session, ready[0], plan, instances):
+                    return instances
         columns = [
             (self._column(key.lstrip("-"), "order by").expression, key.startswith("-"))
             for key in order
@@ -151,6 +163,4 @@ class Pages(Reads[ModelT]):
         if position is not None:
             statement = statement.where(pagination.after_condition(columns, position))
         statement = statement.order_by(*pagination.order_clauses(columns)).limit(limit)
-        if options:
-            statement = statement.options(*options)
-        return list((await self.session.scalars(statement)).all())
+        return await self._orm_rows(statement, options, paths, counts)

@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm.interfaces import ORMOption
 
 from aegis_shared.database import annotations as annotating
@@ -278,10 +278,21 @@ class Reads(Core[ModelT]):
             if rows is not None:
                 return rows
         statement = select(self.model).where(*query.conditions(self._mapper))
-        if counts:
-            statement = statement.add_columns(*annotating.columns(self._mapper, counts))
         statement = statement.order_by(*self._ordering(order_by))
         statement = statement.offset(skip).limit(limit)
+        return await self._orm_rows(statement, options, paths, counts)
+
+    async def _orm_rows(
+        self,
+        statement: Select[Any],
+        options: Sequence[ORMOption] | None,
+        paths: tuple[loading.Path, ...],
+        counts: annotating.Annotations,
+    ) -> builtins.list[ModelT]:
+        """Run a ``select(model)`` on the ORM path with ``load=`` (as loader options),
+        ``options=`` and ``annotate=`` (extra count columns, set on each row)."""
+        if counts:
+            statement = statement.add_columns(*annotating.columns(self._mapper, counts))
         combined = loading.with_options(self._mapper, paths, options)
         if combined:
             statement = statement.options(*combined)
