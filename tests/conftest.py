@@ -4,11 +4,17 @@ Each run creates its own PostgreSQL and MariaDB databases (``aegis_t_<random>``)
 them at the end; a test gets fresh tables. Under ``CI=true`` an unreachable server fails
 the run instead of skipping. Override the servers with ``AEGIS_TEST_POSTGRES_URL`` and
 ``AEGIS_TEST_MARIADB_URL``.
+
+The modules of :data:`THROUGH_PGBOUNCER` run their backend tests a fourth time, as
+``[pgbouncer]``: on the same PostgreSQL database through a real pgbouncer in transaction
+mode (tests/pgbouncer.py), with the manager in its pgbouncer mode and the server itself as
+its direct URL; ``backend`` is then ``"postgresql"``, as the dialect is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -20,6 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from aegis_shared.database import DatabaseManager, configure_database, reset_database
+from tests import pgbouncer
 from tests.models import Base
 
 pytest_plugins = ("pytester",)
@@ -30,6 +37,24 @@ POSTGRES_ADMIN = os.environ.get(
 MARIADB_ADMIN = os.environ.get("AEGIS_TEST_MARIADB_URL", "mysql+asyncmy://root@127.0.0.1:3306/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 BACKENDS = ("sqlite", "postgresql", "mariadb")
+#: Test modules that also run through pgbouncer in transaction mode (issue 13).
+THROUGH_PGBOUNCER = frozenset(
+    {
+        "test_repository",
+        "test_repository_writes",
+        "test_lookups",
+        "test_uow_wraps_session",
+        "test_savepoints",
+        "test_transactions",
+        "test_retry",
+        "test_sessions_store",
+        "test_sessions_sweeper",
+        "test_events_log",
+        "test_events_hub",
+        "test_events_sse",
+        "test_pgbouncer",
+    }
+)
 
 
 async def _create_database(admin: str) -> tuple[URL | None, str]:
@@ -72,7 +97,15 @@ def server_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     for backend, admin in admins.items():
         url, why = asyncio.run(_create_database(admin))
         urls[backend] = url if url is not None else why
-    yield urls
+    with contextlib.ExitStack() as stack:
+        postgresql = urls["postgresql"]
+        if not isinstance(postgresql, URL):
+            urls["pgbouncer"] = f"it needs PostgreSQL, which is not reachable ({postgresql})"
+        elif pgbouncer.binary() is None:
+            urls["pgbouncer"] = f"pgbouncer is not installed; {pgbouncer.INSTALL_HINT}"
+        else:
+            urls["pgbouncer"] = stack.enter_context(pgbouncer.running(postgresql))
+        yield urls
     for backend, admin in admins.items():
         url = urls[backend]
         if isinstance(url, URL):
@@ -83,21 +116,59 @@ def _url_for(server_urls: dict[str, URL | str], backend: str) -> URL:
     url = server_urls[backend]
     if isinstance(url, URL):
         return url
-    message = f"{backend} is not reachable ({url})"
+    message = f"{backend} is not available ({url})"
     if IN_CI:
         pytest.fail(f"{message}; CI=true requires it", pytrace=False)
     pytest.skip(message)
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    """The backend a test runs on; parametrize with indirect=True to narrow it."""
-    return str(request.param)
+def _chooses_its_backends(metafunc: pytest.Metafunc) -> bool:
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if isinstance(names, str):
+            names = [name.strip() for name in names.split(",")]
+        if "backend" in names:
+            return True
+    return False
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that takes ``backend`` runs on each backend (and, in the modules of
+    THROUGH_PGBOUNCER, through pgbouncer), unless it parametrizes ``backend`` itself."""
+    if "backend" not in metafunc.fixturenames or _chooses_its_backends(metafunc):
+        return
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    params = [*BACKENDS, *(["pgbouncer"] if module in THROUGH_PGBOUNCER else [])]
+    metafunc.parametrize("backend", params, indirect=True)
+
+
+def _param(request: pytest.FixtureRequest) -> str:
+    return str(request.node.callspec.params["backend"])
 
 
 @pytest.fixture
-def db_url(server_urls: dict[str, URL | str], backend: str) -> URL:
-    """URL of this run's database on ``backend``."""
+def backend(request: pytest.FixtureRequest) -> str:
+    """The backend a test runs on ("postgresql" through pgbouncer too); parametrize it
+    with indirect=True to narrow it (``"pgbouncer"`` included)."""
+    name = str(request.param)
+    return "postgresql" if name == "pgbouncer" else name
+
+
+@pytest.fixture
+def through_pgbouncer(request: pytest.FixtureRequest, backend: str) -> bool:
+    """True when the test's database is reached through pgbouncer."""
+    return _param(request) == "pgbouncer"
+
+
+@pytest.fixture
+def db_url(server_urls: dict[str, URL | str], request: pytest.FixtureRequest, backend: str) -> URL:
+    """URL of this run's database on ``backend`` (through pgbouncer, pgbouncer's)."""
+    return _url_for(server_urls, _param(request))
+
+
+@pytest.fixture
+def direct_url(server_urls: dict[str, URL | str], backend: str) -> URL:
+    """URL of this run's database on the server itself (never through pgbouncer)."""
     return _url_for(server_urls, backend)
 
 
@@ -117,13 +188,17 @@ MakeDb = Callable[..., Awaitable[DatabaseManager]]
 
 
 @pytest.fixture
-async def make_db(db_url: URL) -> AsyncIterator[MakeDb]:
+async def make_db(db_url: URL, through_pgbouncer: bool, direct_url: URL) -> AsyncIterator[MakeDb]:
     """Factory: ``await make_db(metadata, ..., **manager_kwargs)`` gives a configured
-    default manager with fresh tables for each metadata (the test models by default)."""
+    default manager with fresh tables for each metadata (the test models by default).
+    Through pgbouncer, the manager is in its pgbouncer mode with the server as direct URL."""
     managers: list[DatabaseManager] = []
 
     async def make(*metadatas: MetaData, default: bool = True, **kwargs: Any) -> DatabaseManager:
         kwargs.setdefault("pool_size", 5)
+        if through_pgbouncer:
+            kwargs.setdefault("pgbouncer", True)
+            kwargs.setdefault("direct_url", direct_url)
         manager = DatabaseManager(db_url, **kwargs)
         managers.append(manager)
         if not managers[:-1]:

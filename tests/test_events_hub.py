@@ -27,6 +27,7 @@ from aegis_shared.events import (
     wakeups,
 )
 from aegis_shared.testing import count_queries
+from tests import pgbouncer
 from tests.conftest import MakeDb
 
 TIMEOUT = 10
@@ -254,7 +255,9 @@ async def test_commits_while_a_notify_is_pending_share_it(edb: DatabaseManager) 
     assert wakeups.notifies_sent(engine) == 1
 
 
-async def test_idle_subscriptions_hold_no_pooled_connection(make_db: MakeDb, backend: str) -> None:
+async def test_idle_subscriptions_hold_no_pooled_connection(
+    make_db: MakeDb, backend: str, through_pgbouncer: bool
+) -> None:
     db = await make_db(event_metadata, pool_size=5, max_overflow=0, pool_timeout=2)
     async with EventHub(db, poll_min=0.02, poll_max=0.1) as hub:
         subscriptions = [hub.subscribe(f"room-{n % 10}") for n in range(100)]
@@ -279,8 +282,10 @@ async def test_idle_subscriptions_hold_no_pooled_connection(make_db: MakeDb, bac
             assert name == "aegis-events"
         else:
             assert max(samples) <= 1  # at most the poll's own brief read
-        # Every pooled connection is free for requests while 100 streams are open.
-        holders = [db.session_factory() for _ in range(5)]
+        # Every pooled connection is free for requests while 100 streams are open (through
+        # pgbouncer, as many as it has server connections: each open transaction needs one).
+        free = pgbouncer.DEFAULT_POOL_SIZE if through_pgbouncer else 5
+        holders = [db.session_factory() for _ in range(free)]
         try:
             await asyncio.gather(*(s.execute(text("SELECT 1")) for s in holders))
         finally:

@@ -100,6 +100,12 @@ class Settings(BaseSettings):
         description="Server-side prepared statements on PostgreSQL; false behind pgbouncer "
         "in transaction mode.",
     )
+    database_pgbouncer: bool = Field(
+        False,
+        description="DATABASE_URL is pgbouncer in transaction mode: no server-side prepared "
+        "statements, the statement timeout SET LOCAL per transaction, session-scoped work "
+        "(the event hub's LISTEN) on DATABASE_DIRECT_URL, which is then required for it.",
+    )
     database_fast_path: bool = Field(
         True, description="Lean driver-level reads for get_by_id, list and count."
     )

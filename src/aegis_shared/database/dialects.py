@@ -50,6 +50,9 @@ class EngineOptions:
     application_name: str = "aegis-shared"
     prepared_statement_cache_size: int | None = None
     prepared_statements: bool = True
+    #: Behind a transaction pooler (pgbouncer, pool_mode = transaction): nothing that
+    #: outlives a transaction and no startup parameter it refuses (PostgreSQL only).
+    pgbouncer: bool = False
 
 
 class DialectProfile:
@@ -182,7 +185,9 @@ class PostgresProfile(DialectProfile):
 
     def connect_args(self, url: URL, options: EngineOptions) -> dict[str, Any]:
         settings = {"application_name": options.application_name}
-        if options.statement_timeout:
+        if options.statement_timeout and not options.pgbouncer:
+            # pgbouncer refuses it as a startup parameter ("unsupported startup parameter"):
+            # there it is SET LOCAL in each transaction instead (install()).
             settings["statement_timeout"] = str(int(options.statement_timeout * 1000))
         args: dict[str, Any] = {
             "server_settings": settings,
@@ -208,6 +213,15 @@ class PostgresProfile(DialectProfile):
         dialect: Any = engine.sync_engine.dialect
         dialect.do_terminate = _terminate_at_once
         dialect.do_close = _bounded_close()
+        if options.pgbouncer and options.statement_timeout:
+            statement = f"SET LOCAL statement_timeout = {int(options.statement_timeout * 1000)}"
+
+            # A transaction pooler keeps what a transaction sets with SET LOCAL, and only
+            # that: one statement per transaction. Reads outside a transaction (the fast
+            # path) are bounded by the client's command_timeout, which cancels them.
+            @event.listens_for(engine.sync_engine, "begin")
+            def _statement_timeout(conn: Any) -> None:
+                conn.exec_driver_sql(statement)
 
     def is_closed(self, dbapi_connection: Any) -> bool:
         return bool(dbapi_connection.driver_connection.is_closed())

@@ -98,6 +98,8 @@ class DatabaseManager:
         max_page_size: int = 1000,
         prepared_statement_cache_size: int | None = None,
         prepared_statements: bool = True,
+        pgbouncer: bool = False,
+        direct_url: str | URL | None = None,
         fast_path: bool = True,
         connect_args: dict[str, Any] | None = None,
         engine_kwargs: dict[str, Any] | None = None,
@@ -120,6 +122,32 @@ class DatabaseManager:
             _check("statement_timeout", statement_timeout, 0.001)
         command_timeout = _command_timeout(command_timeout, statement_timeout)
         self.url = normalize_url(database_url)
+        if not isinstance(pgbouncer, bool):
+            raise ConfigurationError(f"pgbouncer takes True or False, got {pgbouncer!r}")
+        if pgbouncer and self.url.get_backend_name() != "postgresql":
+            raise ConfigurationError(
+                f"pgbouncer=True (DATABASE_PGBOUNCER) is for PostgreSQL behind pgbouncer; "
+                f"this is {self.url.get_backend_name()}. Leave it out."
+            )
+        #: True when the URL is a transaction pooler (pgbouncer): see docs/guide.md,
+        #: "Deploying". No prepared statement outlives a transaction, the statement
+        #: timeout is SET LOCAL per transaction, and session-scoped work goes to
+        #: :attr:`direct_url`.
+        self.pgbouncer = pgbouncer
+        #: The server itself, without a transaction pooler (``DATABASE_DIRECT_URL``), for
+        #: session-scoped work such as the event hub's LISTEN; ``None``: :attr:`url`.
+        self.direct_url = (
+            None if direct_url is None else normalize_url(direct_url, "DATABASE_DIRECT_URL")
+        )
+        if (
+            self.direct_url is not None
+            and self.direct_url.get_backend_name() != self.url.get_backend_name()
+        ):
+            raise ConfigurationError(
+                f"DATABASE_DIRECT_URL is a {self.direct_url.get_backend_name()} URL but "
+                f"DATABASE_URL is {self.url.get_backend_name()}: the direct URL must reach "
+                "the same database without the pooler in between."
+            )
         self.retry_attempts = retry_attempts
         self.retry_backoff = retry_backoff
         self.retry_base_delay = retry_base_delay
@@ -138,7 +166,9 @@ class DatabaseManager:
             command_timeout=command_timeout,
             sqlite_busy_timeout=max(float(pool_timeout), 5.0),
             prepared_statement_cache_size=prepared_statement_cache_size,
-            prepared_statements=prepared_statements,
+            # Behind pgbouncer a named statement may land on another server connection.
+            prepared_statements=prepared_statements and not pgbouncer,
+            pgbouncer=pgbouncer,
         )
         common: dict[str, Any] = {
             "pool_timeout": pool_timeout,
@@ -220,6 +250,8 @@ class DatabaseManager:
             "retry_deadline": settings.database_retry_deadline,
             "max_page_size": settings.database_max_page_size,
             "prepared_statements": settings.database_prepared_statements,
+            "pgbouncer": settings.database_pgbouncer,
+            "direct_url": settings.database_direct_url,
             "fast_path": settings.database_fast_path,
         }
         values.update(overrides)

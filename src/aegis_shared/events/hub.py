@@ -128,7 +128,8 @@ class EventHub:
     ``direct_url``: on PostgreSQL, where the LISTEN connection goes (``DATABASE_DIRECT_URL``
     in :class:`~aegis_shared.config.Settings`): the server itself when the manager's URL is
     a transaction pooler such as pgbouncer, which cannot keep a LISTEN. Defaults to the
-    manager's URL. ``queue_size``: events a subscriber may have waiting before it is
+    manager's ``direct_url``, else its URL; a manager with ``pgbouncer=True`` needs one.
+    ``queue_size``: events a subscriber may have waiting before it is
     resynchronised from the log. ``poll_min`` / ``poll_max``: polling interval bounds in
     seconds (SQLite, MariaDB); ``safety_poll``: the PostgreSQL poll for lost wake-ups.
     """
@@ -191,8 +192,16 @@ class EventHub:
         self._listener: Listener | None = None
         if db.dialect_name == "postgresql":
             url = db.url
-            if direct_url is not None:
-                url = normalize_url(direct_url, "DATABASE_DIRECT_URL")
+            chosen = direct_url if direct_url is not None else db.direct_url
+            if chosen is not None:
+                url = normalize_url(chosen, "DATABASE_DIRECT_URL")
+            elif db.pgbouncer:
+                raise ConfigurationError(
+                    "The event hub LISTENs on a connection of its own, which a transaction "
+                    "pooler cannot keep: behind pgbouncer (DATABASE_PGBOUNCER=true) give the "
+                    "server itself as DATABASE_DIRECT_URL (DatabaseManager(direct_url=...) "
+                    "or EventHub(direct_url=...))."
+                )
             self._listener = Listener(
                 url,
                 driver_connect_kwargs(db.engine, url),
