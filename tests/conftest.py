@@ -18,7 +18,7 @@ import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from sqlalchemy import MetaData, text
@@ -26,7 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from aegis_shared.database import DatabaseManager, configure_database, reset_database
-from tests import pgbouncer
+from tests import pgbouncer, replication
 from tests.models import Base
 
 pytest_plugins = ("pytester",)
@@ -112,14 +112,28 @@ def server_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             asyncio.run(_drop_database(admin, url))
 
 
+@pytest.fixture(scope="session")
+def replication_pair() -> Iterator[replication.Pair]:
+    """A primary and a streaming standby of the suite's own (tests/replication.py), made
+    once per test process that asks for it and removed at the end."""
+    if replication.bindir() is None:
+        _unavailable("a primary and standby", f"initdb not found; {replication.INSTALL_HINT}")
+    with replication.primary_and_standby() as pair:
+        yield pair
+
+
+def _unavailable(what: str, why: str) -> NoReturn:
+    message = f"{what} is not available ({why})"
+    if IN_CI:
+        pytest.fail(f"{message}; CI=true requires it", pytrace=False)
+    pytest.skip(message)
+
+
 def _url_for(server_urls: dict[str, URL | str], backend: str) -> URL:
     url = server_urls[backend]
     if isinstance(url, URL):
         return url
-    message = f"{backend} is not available ({url})"
-    if IN_CI:
-        pytest.fail(f"{message}; CI=true requires it", pytrace=False)
-    pytest.skip(message)
+    _unavailable(backend, url)
 
 
 def _chooses_its_backends(metafunc: pytest.Metafunc) -> bool:
