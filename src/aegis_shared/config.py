@@ -9,10 +9,10 @@ naming the environment variable, instead of a pydantic trace with a lower-case f
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from aegis_shared.errors.exceptions import ConfigurationError
 from aegis_shared.errors.redaction import mask_url, parse_url
@@ -106,6 +106,17 @@ class Settings(BaseSettings):
         "statements, the statement timeout SET LOCAL per transaction, session-scoped work "
         "(the event hub's LISTEN) on DATABASE_DIRECT_URL, which is then required for it.",
     )
+    database_replica_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        repr=False,  # may hold passwords, as DATABASE_URL
+        description="PostgreSQL streaming standbys for read-only sessions, comma-separated; "
+        "each read goes to one that has the client's own writes, else to the primary.",
+    )
+    database_replica_max_lag: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a replica may lag behind the primary before reads skip it.",
+    )
     database_fast_path: bool = Field(
         True, description="Lean driver-level reads for get_by_id, list and count."
     )
@@ -126,6 +137,17 @@ class Settings(BaseSettings):
     def _url_parses(cls, value: str) -> str:
         parse_url(value, "DATABASE_URL")  # its error shows the URL masked
         return value
+
+    @field_validator("database_replica_urls", mode="before")
+    @classmethod
+    def _replica_urls_parse(cls, value: Any) -> list[str]:
+        if value is None or value == "":
+            return []
+        items = value.split(",") if isinstance(value, str) else list(value)
+        urls = [str(item).strip() for item in items if str(item).strip()]
+        for url in urls:
+            parse_url(url, "DATABASE_REPLICA_URLS")  # its error shows the URL masked
+        return urls
 
     @field_validator("database_direct_url")
     @classmethod

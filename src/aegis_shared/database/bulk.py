@@ -32,6 +32,7 @@ from sqlalchemy.types import TypeEngine
 
 from aegis_shared.database import cursor_events, drivers
 from aegis_shared.database.engine import driver_failure
+from aegis_shared.database.session import mark_written
 from aegis_shared.errors.exceptions import DatabaseConnectionError
 
 
@@ -214,6 +215,7 @@ async def _copy(
     processors = [_converter(columns.by_key[key].type, dialect) for key in keys]
     records = _records(rows, present, list(fillers.values()), processors)
     connection = await session.connection()
+    mark_written(session)  # the COPY bypasses the session's statements
     raw = await connection.get_raw_connection()
     driver = raw.driver_connection
     assert driver is not None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +16,14 @@ from sqlalchemy.pool import Pool
 from aegis_shared.database.dialects import EngineOptions
 from aegis_shared.database.engine import build_engine
 from aegis_shared.database.fast_path import FAST_PATH_ENGINE_KEY
+from aegis_shared.database.replicas import Replica, ReplicaSet, read_after
 from aegis_shared.database.repository import MAX_PAGE_SIZE_KEY
-from aegis_shared.database.session import AegisSession, rollback_quietly
+from aegis_shared.database.session import (
+    ON_REPLICA_KEY,
+    AegisSession,
+    declare_read_only,
+    rollback_quietly,
+)
 from aegis_shared.database.urls import is_sqlite_memory, normalize_url, safe_url
 from aegis_shared.database.write_intent import declare_write
 from aegis_shared.errors.exceptions import (
@@ -100,6 +106,9 @@ class DatabaseManager:
         prepared_statements: bool = True,
         pgbouncer: bool = False,
         direct_url: str | URL | None = None,
+        replica_urls: Sequence[str | URL] = (),
+        replica_max_lag: float = 5.0,
+        replica_check_interval: float = 0.25,
         fast_path: bool = True,
         connect_args: dict[str, Any] | None = None,
         engine_kwargs: dict[str, Any] | None = None,
@@ -194,6 +203,55 @@ class DatabaseManager:
             )
         self._sessions = self._sessionmaker(self._engine)
         self._background_sessions = self._sessionmaker(self._background_engine)
+        #: Seconds a replica may lag before reads skip it (``DATABASE_REPLICA_MAX_LAG``).
+        self.replica_max_lag = replica_max_lag
+        self._replicas = self._replica_set(
+            replica_urls,
+            replica_max_lag,
+            replica_check_interval,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            common=common,
+        )
+
+    def _replica_set(
+        self,
+        urls: Sequence[str | URL],
+        max_lag: float,
+        check_interval: float,
+        *,
+        pool_size: int,
+        max_overflow: int,
+        common: dict[str, Any],
+    ) -> ReplicaSet | None:
+        if isinstance(urls, str | URL):
+            urls = [urls]
+        if not urls:
+            return None
+        _check("replica_max_lag", max_lag, 0.001)
+        _check("replica_check_interval", check_interval, 0.001)
+        parsed = [normalize_url(url, "DATABASE_REPLICA_URLS") for url in urls]
+        if self.url.get_backend_name() != "postgresql" or any(
+            url.get_backend_name() != "postgresql" for url in parsed
+        ):
+            raise ConfigurationError(
+                "Replicas (DATABASE_REPLICA_URLS) are PostgreSQL streaming standbys of a "
+                "PostgreSQL primary; leave them out for "
+                f"{self.url.get_backend_name()}."
+            )
+        replicas = []
+        for index, url in enumerate(parsed):
+            engine = build_engine(url, pool_size=pool_size, max_overflow=max_overflow, **common)
+            replica = Replica(index, url, engine)
+            replica.sessions = self._sessionmaker(engine, replica=True)
+            replicas.append(replica)
+        return ReplicaSet(
+            primary=self._engine,
+            replicas=replicas,
+            max_lag=max_lag,
+            check_interval=check_interval,
+            check_timeout=min(1.0, self.connect_timeout),
+        )
 
     @property
     def fast_read_engine(self) -> AsyncEngine | None:
@@ -207,11 +265,15 @@ class DatabaseManager:
         # on return reset) the one an open transaction is using.
         return self.fast_path and not is_sqlite_memory(self.url)
 
-    def _sessionmaker(self, engine: AsyncEngine) -> async_sessionmaker[AegisSession]:
+    def _sessionmaker(
+        self, engine: AsyncEngine, *, replica: bool = False
+    ) -> async_sessionmaker[AegisSession]:
         # expire_on_commit=False: objects stay readable after commit without a lazy
         # refresh, which async code cannot do. close_resets_only=False: a closed session
         # refuses further use instead of silently opening a new connection.
         info: dict[str, Any] = {MAX_PAGE_SIZE_KEY: self.max_page_size}
+        if replica:
+            info[ON_REPLICA_KEY] = True
         if self._fast_reads_on():
             info[FAST_PATH_ENGINE_KEY] = engine
         return async_sessionmaker(
@@ -252,6 +314,8 @@ class DatabaseManager:
             "prepared_statements": settings.database_prepared_statements,
             "pgbouncer": settings.database_pgbouncer,
             "direct_url": settings.database_direct_url,
+            "replica_urls": settings.database_replica_urls,
+            "replica_max_lag": settings.database_replica_max_lag,
             "fast_path": settings.database_fast_path,
         }
         values.update(overrides)
@@ -302,15 +366,33 @@ class DatabaseManager:
     # -- standalone sessions ------------------------------------------------------------
 
     @asynccontextmanager
-    async def session(self, *, write: bool = False) -> AsyncIterator[AegisSession]:
+    async def session(
+        self, *, write: bool = False, read_only: bool = False
+    ) -> AsyncIterator[AegisSession]:
         """A session that commits when the block ends normally, rolls back when it raises,
         and is always closed (seed 001).
 
         ``write=True`` for a block that reads and then writes: its transaction begins as a
         write transaction (``BEGIN IMMEDIATE`` on SQLite), see ``UnitOfWork(write=True)``.
+        ``read_only=True`` for a block that only reads: with ``replica_urls`` it reads on a
+        healthy replica that has this context's own writes (see
+        :mod:`~aegis_shared.database.replicas`), else on the primary.
         """
-        async with self._scoped(self.session_factory, write) as session:
+        if read_only and write:
+            raise ValueError("a session is read_only=True or write=True, not both")
+        factory = await self.read_factory() if read_only else self.session_factory
+        async with self._scoped(factory, write, read_only) as session:
             yield session
+
+    async def read_factory(self) -> async_sessionmaker[AegisSession]:
+        """The factory of a read-only session: a healthy replica's that has this
+        context's writes (:func:`~aegis_shared.database.replicas.read_after`), else the
+        primary's (also without replicas)."""
+        self._ensure_open()
+        if self._replicas is None:
+            return self._sessions
+        replica = await self._replicas.choose(read_after())
+        return self._sessions if replica is None else replica.sessions
 
     @asynccontextmanager
     async def background_session(self, *, write: bool = False) -> AsyncIterator[AegisSession]:
@@ -321,11 +403,13 @@ class DatabaseManager:
     @staticmethod
     @asynccontextmanager
     async def _scoped(
-        factory: async_sessionmaker[AegisSession], write: bool
+        factory: async_sessionmaker[AegisSession], write: bool, read_only: bool = False
     ) -> AsyncIterator[AegisSession]:
         session = factory()
         if write:
             declare_write(session)
+        if read_only:
+            declare_read_only(session)
         try:
             yield session
         except BaseException:
@@ -363,11 +447,23 @@ class DatabaseManager:
         return True
 
     def pool_status(self) -> dict[str, dict[str, int]]:
-        """Size, checked-out and overflow connections of the main and background pools."""
-        return {
+        """Size, checked-out and overflow connections of the main and background pools;
+        with replicas, each replica's pool, health (``healthy`` 0/1, ``lag_ms``) and the
+        read-only sessions routed to it (``reads``; the primary's: ``read_only_sessions``
+        of ``main``)."""
+        status = {
             "main": _pool_figures(self._engine.pool),
             "background": _pool_figures(self._background_engine.pool),
         }
+        if self._replicas is not None:
+            routing = self._replicas.status()
+            for replica in self._replicas.replicas:
+                status[replica.name] = {
+                    **_pool_figures(replica.engine.pool),
+                    **routing[replica.name],
+                }
+            status["main"]["read_only_sessions"] = self._replicas.primary_reads
+        return status
 
     @property
     def closed(self) -> bool:
@@ -382,6 +478,8 @@ class DatabaseManager:
         await self._engine.dispose()
         if self._background_engine is not self._engine:
             await self._background_engine.dispose()
+        if self._replicas is not None:
+            await self._replicas.close()
 
 
 def _pool_figures(pool: Pool) -> dict[str, int]:

@@ -13,6 +13,8 @@ Two additions to SQLAlchemy's ``AsyncSession``:
 * Touching an attribute or relationship that was not loaded raises
   :class:`~aegis_shared.errors.exceptions.RelationshipNotLoadedError`, naming the attribute
   and the fix, instead of SQLAlchemy's bare ``MissingGreenlet``.
+* A transaction that wrote and committed on the primary, by whatever API, records the
+  moment for read-your-writes (:func:`~aegis_shared.database.replicas.note_write_committed`).
 """
 
 from __future__ import annotations
@@ -25,16 +27,51 @@ from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.sql import Executable
+from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.util.concurrency import in_greenlet
 
 from aegis_shared.database import callbacks
-from aegis_shared.errors.exceptions import RelationshipNotLoadedError
+from aegis_shared.database.replicas import note_write_committed
+from aegis_shared.errors.exceptions import ReadOnlySessionError, RelationshipNotLoadedError
 
 CLOSED_KEY = "aegis.closed"
 #: Present in ``session.info`` while the session's transaction holds a connection.
 HOLDS_CONNECTION_KEY = "aegis.holds_connection"
 #: In ``session.info``: who commits the session's outermost transaction (see claim_commit).
 COMMIT_OWNER_KEY = "aegis.commit_owner"
+#: In ``session.info``: the transaction may have written (a flush, or a statement that is
+#: not a SELECT); cleared when it ends.
+WROTE_KEY = "aegis.wrote"
+#: In ``session.info``: the session reads on a replica (it never writes).
+ON_REPLICA_KEY = "aegis.on_replica"
+#: In ``session.info``: the session was opened with ``read_only=True``.
+READ_ONLY_KEY = "aegis.read_only"
+
+
+def declare_read_only(session: Session | AsyncSession) -> None:
+    """Make ``session`` refuse writes (``read_only=True``), wherever it reads."""
+    session.info[READ_ONLY_KEY] = True
+
+
+def mark_written(session: Session | AsyncSession) -> None:
+    """Record that ``session``'s transaction writes (also for writes that bypass the ORM,
+    such as COPY on the driver's connection); a read-only session refuses."""
+    if READ_ONLY_KEY in session.info:
+        raise ReadOnlySessionError(
+            "This session was opened with read_only=True (it may read on a replica) and "
+            "cannot write; open the work that writes with db.session() or UnitOfWork()."
+        )
+    session.info[WROTE_KEY] = True
+
+
+def _may_write(session: Session, statement: Any) -> None:
+    if WROTE_KEY in session.info:
+        return
+    if getattr(statement, "is_select", False):
+        return
+    if isinstance(statement, TextClause) and statement.text.lstrip()[:6].upper() == "SELECT":
+        return
+    mark_written(session)
 
 
 def claim_commit(session: AsyncSession, owner: str) -> None:
@@ -67,15 +104,27 @@ class AegisSyncSession(Session):
 
     def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         """Execute ``statement``; a ``str`` is wrapped in ``text()``."""
-        return super().execute(as_statement(statement), *args, **kwargs)
+        statement = as_statement(statement)
+        _may_write(self, statement)
+        return super().execute(statement, *args, **kwargs)
 
     def scalar(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         """Execute ``statement`` and return the first column of the first row."""
-        return super().scalar(as_statement(statement), *args, **kwargs)
+        statement = as_statement(statement)
+        _may_write(self, statement)
+        return super().scalar(statement, *args, **kwargs)
 
     def scalars(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         """Execute ``statement`` and return its first column as scalars."""
-        return super().scalars(as_statement(statement), *args, **kwargs)
+        statement = as_statement(statement)
+        _may_write(self, statement)
+        return super().scalars(statement, *args, **kwargs)
+
+    def flush(self, objects: Any = None) -> None:
+        """Flush pending changes; a read-only session refuses to have any."""
+        if READ_ONLY_KEY in self.info and (self.new or self.dirty or self.deleted):
+            mark_written(self)  # raises ReadOnlySessionError
+        super().flush(objects)
 
 
 class AegisSession(AsyncSession):
@@ -167,6 +216,24 @@ def _connection_taken(session: Session, transaction: SessionTransaction, connect
 def _connection_released(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:
         session.info.pop(HOLDS_CONNECTION_KEY, None)
+        session.info.pop(WROTE_KEY, None)
+
+
+# after_flush_postexec, not after_flush: the library's bulk insert path stands aside for
+# the app's own before_flush / after_flush listeners (bulk.returning_batches).
+@event.listens_for(AegisSyncSession, "after_flush_postexec")
+def _flushed(session: Session, flush_context: Any) -> None:
+    session.info[WROTE_KEY] = True
+
+
+@event.listens_for(AegisSyncSession, "after_commit")
+def _committed(session: Session) -> None:
+    # after_commit runs in the caller's context (SQLAlchemy's greenlet shares it), so the
+    # moment lands in the request's or task's ContextVar.
+    if session.in_nested_transaction() or ON_REPLICA_KEY in session.info:
+        return
+    if session.info.pop(WROTE_KEY, False):
+        note_write_committed()
 
 
 async def rollback_quietly(session: AsyncSession) -> None:

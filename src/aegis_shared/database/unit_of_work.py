@@ -24,6 +24,7 @@ from aegis_shared.database.session import (
     AegisSession,
     claim_commit,
     commit_owner,
+    declare_read_only,
     rollback_quietly,
 )
 from aegis_shared.database.transactions import TransactionManager, transaction_depth
@@ -50,6 +51,12 @@ class UnitOfWork:
     concurrent ones queue for the write lock instead of failing with a conflict, and its
     reads run inside the transaction (see :mod:`aegis_shared.database.write_intent`).
 
+    ``UnitOfWork(read_only=True)`` is for work that only reads: with the manager's
+    ``replica_urls`` its session reads on a healthy replica that has this context's own
+    writes, else on the primary, for its whole life (see
+    :mod:`~aegis_shared.database.replicas`); a write there raises
+    ``ReadOnlySessionError`` before anything is sent, on the primary too.
+
     ``AppUnitOfWork(session=session)`` or ``AppUnitOfWork.wrap(session)`` binds the same
     repositories to a session opened elsewhere, without owning it (see :meth:`wrap`).
     """
@@ -65,8 +72,16 @@ class UnitOfWork:
         db: DatabaseManager | None = None,
         *,
         write: bool = False,
+        read_only: bool = False,
         session: AsyncSession | None = None,
     ) -> None:
+        if write and read_only:
+            raise ValueError(f"{type(self).__name__}() is read_only=True or write=True, not both")
+        if read_only and session is not None:
+            raise TypeError(
+                f"{type(self).__name__}(read_only=True) opens its own session on a replica; "
+                "a wrapped session stays on the server it was opened on"
+            )
         if session is not None and db is not None:
             raise TypeError(
                 f"{type(self).__name__}() got both db= and session=; pass session= to wrap "
@@ -74,6 +89,7 @@ class UnitOfWork:
             )
         self._db = db
         self._write = write
+        self._read_only = read_only
         self._session: AegisSession | None = None
         self._state = "new"
         self._wraps = session is not None
@@ -149,7 +165,11 @@ class UnitOfWork:
                 f"{type(self).__name__} was already used in an async with block; create a "
                 "new one for each operation"
             )
-        session = self._open_session()
+        if self._read_only:
+            session = (await self._manager().read_factory())()
+            declare_read_only(session)
+        else:
+            session = self._open_session()
         if self._write:
             declare_write(session)
         # It opened the session, so it owns the commit: transaction() blocks inside are

@@ -179,6 +179,14 @@ class RelationshipNotLoadedError(DatabaseError, AttributeError):
     """
 
 
+class ReadOnlySessionError(DatabaseError, RuntimeError):
+    """A session opened for reading only (``read_only=True``) was asked to write.
+
+    Raised before anything is sent, on whichever server the session reads: a read-only
+    session may be on a replica, and the same code must fail the same way on the primary.
+    """
+
+
 __all__ = [
     "CheckViolationError",
     "CommitOutcomeUnknownError",
@@ -197,6 +205,7 @@ __all__ = [
     "NotNullViolationError",
     "PoolTimeoutError",
     "QueryTimeoutError",
+    "ReadOnlySessionError",
     "RelationshipNotLoadedError",
     "TransactionConflictError",
     "UnitOfWorkStateError",

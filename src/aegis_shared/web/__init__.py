@@ -1,5 +1,6 @@
 """FastAPI / Starlette glue: the per-request database session, the session cookie, the
-CSRF defence, error handlers and Server-Sent Events from the event log.
+CSRF defence, read-your-writes across requests, error handlers and Server-Sent Events
+from the event log.
 
 Needs the ``fastapi`` extra (``pip install aegis-shared[fastapi]``) for the error handlers,
 the session cookie and the SSE helpers; the database session middleware and the CSRF
@@ -17,6 +18,7 @@ from aegis_shared.web.csrf import (
     send_websocket_refusal,
 )
 from aegis_shared.web.middleware import DatabaseSessionMiddleware
+from aegis_shared.web.read_your_writes import ReadYourWritesMiddleware
 
 if TYPE_CHECKING:
     from aegis_shared.web.errors import install_error_handlers
@@ -29,6 +31,7 @@ __all__ = [
     "CSRFTokens",
     "DatabaseSessionMiddleware",
     "HttpSession",
+    "ReadYourWritesMiddleware",
     "SessionMiddleware",
     "csrf_token",
     "current_session",
