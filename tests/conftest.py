@@ -52,6 +52,7 @@ THROUGH_PGBOUNCER = frozenset(
         "test_events_log",
         "test_events_hub",
         "test_events_sse",
+        "test_events_retention",
         "test_pgbouncer",
     }
 )

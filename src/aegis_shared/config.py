@@ -126,6 +126,29 @@ class Settings(BaseSettings):
         description="PostgreSQL reached without a transaction pooler (pgbouncer), for "
         "session-scoped work such as the event hub's LISTEN; DATABASE_URL when unset.",
     )
+    # Event log retention (aegis_shared.events.retention): a week by default, so a client
+    # that reconnects after days away still resumes; no count limit, since a good one
+    # depends on each channel's rate. "none" (or an empty value) turns a rule off.
+    events_retention_max_age: float | None = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="Seconds an event is kept; older ones are trimmed. none: no age limit.",
+    )
+    events_retention_max_count: int | None = Field(
+        None,
+        ge=1,
+        description="Events kept per channel; older ones beyond it are trimmed. none (the "
+        "default): no count limit.",
+    )
+    events_retention_interval: float = Field(
+        600.0, gt=0, description="Seconds between two sweeps of the event retention sweeper."
+    )
+    events_retention_batch_size: int = Field(
+        1000,
+        ge=1,
+        le=100_000,  # retention.MAX_BATCH_SIZE, not imported: settings import no feature
+        description="Events removed per transaction by the retention trim.",
+    )
     session_cookie_secure: bool = Field(
         True,
         description="Mark the session cookie Secure (and name it __Host-session); false only "
@@ -155,6 +178,14 @@ class Settings(BaseSettings):
         if value:
             parse_url(value, "DATABASE_DIRECT_URL")
         return value or None
+
+    @field_validator("events_retention_max_age", "events_retention_max_count", mode="before")
+    @classmethod
+    def _none_turns_off(cls, value: Any) -> Any:
+        # An environment variable cannot be unset to None: "none" or "" says it.
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+            return None
+        return value
 
     def __init__(self, **values: Any) -> None:
         try:

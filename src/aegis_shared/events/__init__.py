@@ -4,14 +4,22 @@
 >>> async with db.session() as session:
 ...     await publish(session, "fridge:42", {"added": "egg"})   # exists iff this commits
 >>> events = await read_events(db, "fridge:42", after=0)
+>>> removed = await trim_events(db, RetentionPolicy(max_age=timedelta(days=7)))
 
 See docs/guide.md, "Live data".
 """
 
 from aegis_shared.events.hub import EventHub
 from aegis_shared.events.publish import MAX_EVENT_BYTES, check_channel, publish
-from aegis_shared.events.reading import MAX_READ, Event, read_events
-from aegis_shared.events.subscription import Resync, Subscription
+from aegis_shared.events.reading import MAX_READ, Event, EventsTrimmedError, read_events
+from aegis_shared.events.retention import (
+    EventSweeper,
+    RetentionPolicy,
+    retention_cut,
+    sweep_events,
+    trim_events,
+)
+from aegis_shared.events.subscription import Resync, Subscription, Trimmed
 from aegis_shared.events.tables import (
     MAX_CHANNEL_LENGTH,
     channels_table,
@@ -28,8 +36,12 @@ __all__ = [
     "MAX_READ",
     "Event",
     "EventHub",
+    "EventSweeper",
+    "EventsTrimmedError",
     "Resync",
+    "RetentionPolicy",
     "Subscription",
+    "Trimmed",
     "channels_table",
     "check_channel",
     "create_event_tables",
@@ -39,4 +51,7 @@ __all__ = [
     "include_event_tables",
     "publish",
     "read_events",
+    "retention_cut",
+    "sweep_events",
+    "trim_events",
 ]

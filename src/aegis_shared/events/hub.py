@@ -33,7 +33,13 @@ from aegis_shared.errors.exceptions import ConfigurationError
 from aegis_shared.events import wakeups
 from aegis_shared.events.listener import Listener
 from aegis_shared.events.publish import check_channel
-from aegis_shared.events.reading import MAX_READ, Event, check_position, read_events
+from aegis_shared.events.reading import (
+    MAX_READ,
+    Event,
+    EventsTrimmedError,
+    check_position,
+    read_events,
+)
 from aegis_shared.events.subscription import DEFAULT_QUEUE_SIZE, Subscription
 from aegis_shared.events.tables import channels_table
 
@@ -105,7 +111,13 @@ class _Channel:
     async def _read_new(self) -> None:
         while True:
             self.reads += 1
-            events = await self.hub._read(self.name, self.last, MAX_READ)
+            try:
+                events = await self.hub._read(self.name, self.last, MAX_READ)
+            except EventsTrimmedError as trimmed:
+                # The hub fell behind retention: read on from what is left. Each
+                # subscriber sees the jump and learns of the trim from its own read.
+                self.last = trimmed.resume_after
+                continue
             if events:
                 self.last = events[-1].position
                 self.hub._activity()

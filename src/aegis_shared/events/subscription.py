@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
 
-from aegis_shared.events.reading import MAX_READ, Event
+from aegis_shared.events.reading import MAX_READ, Event, EventsTrimmedError
 
 if TYPE_CHECKING:
     from aegis_shared.events.hub import _Channel
@@ -34,13 +34,29 @@ class Resync:
     after: int
 
 
+@dataclass(frozen=True, slots=True)
+class Trimmed:
+    """Yielded by a subscription whose next events were removed by retention before it
+    read them (it resumed from an old position, or fell behind by more than the retention
+    keeps): unlike :class:`Resync`, events are lost. A subscriber that keeps state derived
+    from the channel must reload it; the subscription then goes on with the events after
+    ``resume_after`` (the oldest retained ones), with no duplicate. ``after`` is the last
+    position it had handed out."""
+
+    channel: str
+    after: int
+    resume_after: int
+
+
 _CLOSED: Final = object()
 _WAKE: Final = object()
 
 
 class Subscription:
-    """An async iterator of a channel's :class:`~aegis_shared.events.Event` (and a
-    :class:`Resync` marker when it fell behind), made by :meth:`EventHub.subscribe`.
+    """An async iterator of a channel's :class:`~aegis_shared.events.Event`, with a
+    :class:`Resync` marker when it fell behind (nothing lost) and a :class:`Trimmed` one
+    when retention removed events it had not read (reload state), made by
+    :meth:`EventHub.subscribe`.
 
     >>> async with hub.subscribe("fridge:42", after=last_seen) as events:
     ...     async for event in events:
@@ -96,7 +112,7 @@ class Subscription:
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> Event | Resync:
+    async def __anext__(self) -> Event | Resync | Trimmed:
         while True:
             if self._closed:
                 raise StopAsyncIteration
@@ -114,7 +130,14 @@ class Subscription:
             if self._catch_up:
                 await self._channel.ready()  # its live reads start after what this covers
                 self._catch_up = False
-                events = await self._read(self.channel, self.position, MAX_READ)
+                try:
+                    events = await self._read(self.channel, self.position, MAX_READ)
+                except EventsTrimmedError as trimmed:
+                    # Told once, then on from the oldest retained event; live events up
+                    # to it are dropped below as already passed.
+                    missed_after, self.position = self.position, trimmed.resume_after
+                    self._catch_up = True
+                    return Trimmed(self.channel, missed_after, trimmed.resume_after)
                 self._backlog.extend(events)
                 self._catch_up = len(events) == MAX_READ
                 continue

@@ -25,7 +25,7 @@ from typing import Annotated
 from fastapi import Header, HTTPException
 from fastapi.sse import ServerSentEvent
 
-from aegis_shared.events import Event, EventHub, check_channel
+from aegis_shared.events import Event, EventHub, Trimmed, check_channel
 from aegis_shared.events.reading import check_position
 
 
@@ -57,7 +57,11 @@ def event_stream(
     """The events of ``channel`` as ``ServerSentEvent`` messages: ``id`` = position, ``data``
     = the published JSON value. ``after`` (usually from :func:`last_event_id`): replay from
     the log after that position first; ``None``: new events only. A subscriber that fell
-    behind gets an SSE comment (``: resync``) and then the events it missed.
+    behind gets an SSE comment (``: resync``) and then the events it missed. One whose
+    next events were removed by retention gets a named event ``resync`` (data
+    ``{"after": N, "resume_after": M}``, id ``M``): the page should reload its state
+    (``source.addEventListener("resync", reload)``); the stream goes on after ``M``, and
+    a reconnect resumes from there rather than asking for the trimmed events again.
 
     Raises ``ValueError`` at once (not at the first event) for a bad channel or ``after``.
     """
@@ -77,5 +81,11 @@ async def _messages(
                 # data=None would send an event with no data field at all).
                 text = json.dumps(item.data, ensure_ascii=False, separators=(",", ":"))
                 yield ServerSentEvent(raw_data=text, id=str(item.position))
+            elif isinstance(item, Trimmed):
+                yield ServerSentEvent(
+                    event="resync",
+                    data={"after": item.after, "resume_after": item.resume_after},
+                    id=str(item.resume_after),
+                )
             else:
                 yield ServerSentEvent(comment=f"resync after {item.after}")
