@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from aegis_shared.config import Settings
 from aegis_shared.database import DatabaseManager, configure_database
-from aegis_shared.events import EventHub, create_event_tables
+from aegis_shared.events import EventHub, create_event_tables, sweep_events
 from aegis_shared.sessions import SessionStore, sweep_sessions
 from aegis_shared.web import HttpSession, SessionMiddleware, current_session, install_error_handlers
 from aegis_shared.web.events import event_stream, last_event_id
@@ -147,7 +147,9 @@ def create_app(
         hub = EventHub.from_settings(
             manager, poll_min=LIVE_POLL_SECONDS, poll_max=LIVE_POLL_SECONDS
         )
-        async with hub, sweep_sessions(sessions, every=sweep_every):
+        # The event log keeps a week of changes (EVENTS_RETENTION_*), trimmed in the
+        # background like expired sessions.
+        async with hub, sweep_sessions(sessions, every=sweep_every), sweep_events(manager):
             app.state.hub = hub
             yield
         await jobs.stop()
