@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> None:
             from bench import events
 
             run(events.run(**kwargs))
+        elif command == "deploy":
+            from bench import deploy
+
+            deploy.run(**kwargs)
         elif command == "profile":
             from bench import profile
 

@@ -15,6 +15,7 @@ TITLES = {
     "http": "HTTP: GET /items/{id}",
     "sessions": "Server-side sessions against starsessions + Redis",
     "events": "Live data: SSE fan-out across 2 workers",
+    "deploy": "Deploying: workers, pgbouncer, a replica",
 }
 
 
