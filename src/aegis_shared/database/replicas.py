@@ -151,10 +151,18 @@ class ReplicaSet:
         ]
         if not candidates:
             self.primary_reads += 1
+            if logger.isEnabledFor(logging.DEBUG):
+                why = (
+                    "no healthy replica"
+                    if not any(r.healthy for r in self.replicas)
+                    else "no replica has this context's writes yet"
+                )
+                logger.debug("read-only session on the primary: %s", why)
             return None
         chosen = candidates[self._next % len(candidates)]
         self._next += 1
         chosen.reads += 1
+        logger.debug("read-only session on %s", chosen.name)
         return chosen
 
     def _start(self) -> None:
