@@ -34,9 +34,7 @@ not. Two sweepers trimming at once delete the same ranges; the second finds them
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -50,6 +48,7 @@ from aegis_shared.database.manager import DatabaseManager
 from aegis_shared.errors.exceptions import ConfigurationError
 from aegis_shared.events.tables import channels_table, events_table
 from aegis_shared.models.types import UTCDateTime, utcnow
+from aegis_shared.periodic import PeriodicSweeper
 
 if TYPE_CHECKING:
     from aegis_shared.config import Settings
@@ -252,16 +251,7 @@ async def trim_events(
     return removed
 
 
-def _seconds(name: str, value: object, minimum: float) -> float:
-    if not isinstance(value, timedelta) or value.total_seconds() < minimum:
-        raise ConfigurationError(
-            f"{name}={value!r} is invalid: pass a timedelta of at least {minimum} seconds, "
-            "for example timedelta(minutes=10)"
-        )
-    return value.total_seconds()
-
-
-class EventSweeper:
+class EventSweeper(PeriodicSweeper):
     """Runs :func:`trim_events` every ``every`` (plus a random delay up to ``jitter``, so
     the sweepers of several workers rarely run at once) in a task of the event loop.
 
@@ -274,6 +264,10 @@ class EventSweeper:
     deployment may trim from cron with :func:`trim_events` instead. A failed sweep is
     logged and tried again at the next turn; it never stops the sweeper.
     """
+
+    label = "event retention sweep"
+    task_name = "aegis event sweeper"
+    logger = logger
 
     def __init__(
         self,
@@ -289,14 +283,10 @@ class EventSweeper:
             raise TypeError(
                 f"EventSweeper(policy=...) takes a RetentionPolicy, got {type(policy).__name__}"
             )
+        super().__init__(every=every, jitter=jitter)
         self.db = db
         self.policy = RetentionPolicy() if policy is None else policy
-        self.every = _seconds("every", every, 0.001)
-        self.jitter = _seconds("jitter", jitter, 0)
-        self.sweeps = 0
         self.removed = 0
-        self._task: asyncio.Task[None] | None = None
-        self._random = random.Random()
 
     @classmethod
     def from_settings(cls, db: DatabaseManager, settings: Settings | None = None) -> Self:
@@ -309,45 +299,12 @@ class EventSweeper:
         every = timedelta(seconds=settings.events_retention_interval)
         return cls(db, RetentionPolicy.from_settings(settings), every=every, jitter=every / 5)
 
-    @property
-    def running(self) -> bool:
-        """True between :meth:`start` and :meth:`stop`."""
-        return self._task is not None and not self._task.done()
-
-    def start(self) -> None:
-        """Start sweeping in a background task of the running event loop."""
-        if self.running:
-            raise RuntimeError("this EventSweeper is already running; stop() it first")
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="aegis event sweeper")
-
-    async def stop(self) -> None:
-        """Stop sweeping and wait for the task to end; a batch in progress is rolled back
-        (the next sweep removes those events). Idempotent."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        # wait() rather than await: the task ending cancelled is no error here, while a
-        # cancellation of stop() itself still propagates.
-        await asyncio.wait([task])
-
     async def sweep(self) -> int:
         """Run one trim now; returns how many events it removed."""
         removed = await trim_events(self.db, self.policy)
         self.sweeps += 1
         self.removed += removed
         return removed
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.every + self._random.uniform(0, self.jitter))
-            try:
-                await self.sweep()
-            except Exception:
-                logger.exception(
-                    "event retention sweep failed; the sweeper tries again in about %.0f s",
-                    self.every,
-                )
 
 
 @asynccontextmanager
