@@ -126,7 +126,9 @@ def _broadcaster(url: str) -> FastAPI:
 def _redis() -> FastAPI:
     from redis import asyncio as redis
 
-    client = redis.Redis.from_url(REDIS_URL)
+    # One pub/sub connection per stream: the pool must allow as many (redis-py stops
+    # at 100 by default, with "Too many connections").
+    client = redis.Redis.from_url(REDIS_URL, max_connections=20_000)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
