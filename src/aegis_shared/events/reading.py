@@ -11,7 +11,7 @@ above ``after``; the counter is read only in that second case, on the same conne
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
@@ -30,12 +30,15 @@ DEFAULT_READ: Final = 100
 @dataclass(frozen=True, slots=True)
 class Event:
     """One committed event: its ``channel``, its ``position`` there (1, 2, 3, ... in commit
-    order), its ``data`` (the JSON value published) and when it was published."""
+    order), its ``data`` (the JSON value published) and when it was published. ``text`` is
+    ``data`` as stored, compact JSON: a stream sends it as it is, so an event fanned out to
+    many subscribers is encoded once (at publish), not once per subscriber."""
 
     channel: str
     position: int
     data: Any
     created_at: datetime
+    text: str = field(default="", repr=False, compare=False)
 
 
 class EventsTrimmedError(LookupError):
@@ -86,7 +89,9 @@ def _statement(channel: str, after: int, limit: int) -> Select[Any]:
 
 
 def _events(channel: str, rows: Any) -> list[Event]:
-    return [Event(channel, int(pos), json.loads(data), created) for pos, data, created in rows]
+    return [
+        Event(channel, int(pos), json.loads(data), created, data) for pos, data, created in rows
+    ]
 
 
 async def _read_checked(

@@ -78,9 +78,11 @@ async def _messages(
         async for item in events:
             if isinstance(item, Event):
                 # raw_data: the JSON text as published (a published None stays "null";
-                # data=None would send an event with no data field at all).
-                text = json.dumps(item.data, ensure_ascii=False, separators=(",", ":"))
-                yield ServerSentEvent(raw_data=text, id=str(item.position))
+                # data=None would send an event with no data field at all), encoded once
+                # for every subscriber. model_construct: compact JSON has no line break and
+                # a position is digits, which is all the validation would check.
+                text = item.text or json.dumps(item.data, ensure_ascii=False, separators=(",", ":"))
+                yield ServerSentEvent.model_construct(raw_data=text, id=str(item.position))
             elif isinstance(item, Trimmed):
                 yield ServerSentEvent(
                     event="resync",
