@@ -183,7 +183,7 @@ def main() -> None:
         ax,
         (4.4, 3.75),
         (4.9, 2.25),
-        "DATABASE_DIRECT_URL:\nLISTEN, migrations' locks",
+        "DATABASE_DIRECT_URL:\nthe event hub's LISTEN",
         color="#1e8449",
         at=0.5,
         offset=(-1.15, -0.15),
