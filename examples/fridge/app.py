@@ -6,6 +6,10 @@ Run it on the embedded SQLite default (or set DATABASE_URL)::
 
 The session cookie is ``Secure`` (and named ``__Host-session``) by default, which a browser
 keeps only over https: ``SESSION_COOKIE_SECURE=false`` opts out for local plain http.
+Several workers behind pgbouncer with read replicas (``uvicorn --workers 2``,
+``DATABASE_PGBOUNCER``, ``DATABASE_DIRECT_URL``, ``DATABASE_REPLICA_URLS``) is the
+"Deploying" section of docs/guide.md: the pure reads may go to a replica, and a visitor
+still sees its own changes at once (``ReadYourWritesMiddleware``).
 
 ``GET /fridge`` shows the fridge, ``POST /fridge/ingredients`` and ``DELETE
 /fridge/ingredients`` change it, ``GET /fridge/events`` follows its changes live (Server-Sent
@@ -31,7 +35,13 @@ from aegis_shared.config import Settings
 from aegis_shared.database import DatabaseManager, configure_database
 from aegis_shared.events import EventHub, create_event_tables, sweep_events
 from aegis_shared.sessions import SessionStore, sweep_sessions
-from aegis_shared.web import HttpSession, SessionMiddleware, current_session, install_error_handlers
+from aegis_shared.web import (
+    HttpSession,
+    ReadYourWritesMiddleware,
+    SessionMiddleware,
+    current_session,
+    install_error_handlers,
+)
 from aegis_shared.web.events import event_stream, last_event_id
 from examples.fridge.admin import AdminSettings, CleanupJobs, admin_router
 from examples.fridge.models import FridgeBase, UserFridgeIngredient, UserFridgeSession
@@ -157,13 +167,17 @@ def create_app(
 
     app = FastAPI(title="aegis-shared fridge (seed 002)", lifespan=lifespan)
     app.add_middleware(SessionMiddleware, store=sessions, secure=secure_cookie)
+    # Outermost (added last), so that its token follows the session middleware's commit;
+    # with DATABASE_REPLICA_URLS a visitor's reads then see its own writes at once.
+    app.add_middleware(ReadYourWritesMiddleware, db=manager, secure=secure_cookie)
     install_error_handlers(app)
 
     @app.get("/fridge")
     async def show_fridge(session: HttpSession = CurrentSession) -> dict[str, Any]:
         """The visitor's fridge (empty, and no session created, for a new visitor)."""
         key = session.key
-        rows = await FridgeService.get_session_ingredients(key) if key else []
+        # A pure read: a replica may answer, once it has this visitor's last write.
+        rows = await FridgeService.get_session_ingredients(key, read_only=True) if key else []
         return {"user": session.get("user"), "ingredients": _fridge_json(rows)}
 
     @app.post("/fridge/ingredients")
@@ -209,6 +223,8 @@ def create_app(
         # snapshot is read is in both (the events are idempotent) rather than in neither.
         hub: EventHub = request.app.state.hub
         position = await hub.latest_position(channel)
+        # On the primary, like the position: a lagging replica could miss a change at or
+        # before it, which the stream would then never send.
         rows = await FridgeService.get_session_ingredients(key)
         snapshot = ServerSentEvent(
             event="snapshot", data={"ingredients": _fridge_json(rows)}, id=str(position)
@@ -251,7 +267,7 @@ def create_app(
     @app.get("/ingredients")
     async def catalogue() -> list[dict[str, Any]]:
         """Every ingredient that can go in a fridge."""
-        async with FridgeUnitOfWork() as uow:
+        async with FridgeUnitOfWork(read_only=True) as uow:  # may read on a replica
             items = await uow.ingredients.list(order_by="id", limit=500)
         return [{"id": i.id, "name": i.name, "category": i.category} for i in items]
 

@@ -118,9 +118,13 @@ class FridgeService:
             return added
 
     @staticmethod
-    async def get_session_ingredients(session_key: str) -> list[UserFridgeIngredient]:
-        """The fridge's contents with each ingredient loaded."""
-        async with FridgeUnitOfWork() as uow:
+    async def get_session_ingredients(
+        session_key: str, *, read_only: bool = False
+    ) -> list[UserFridgeIngredient]:
+        """The fridge's contents with each ingredient loaded. ``read_only=True`` lets the
+        read go to a replica that has this client's last write (read-your-writes); leave it
+        off where the read must be at least as new as something read on the primary."""
+        async with FridgeUnitOfWork(read_only=read_only) as uow:
             return await uow.fridge.contents(session_key)
 
     @staticmethod
