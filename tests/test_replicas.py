@@ -267,5 +267,12 @@ async def test_without_replicas_read_only_work_runs_on_the_primary(
         with pytest.raises(ValueError, match="not both"):
             NotesUnitOfWork(plain, read_only=True, write=True)
         assert "replica-0" not in plain.pool_status()
+        assert not plain.has_replicas
+        # Without replicas the middleware sets no cookie: every read is on the primary.
+        async with serve(app_on(plain)) as base, httpx.AsyncClient(base_url=base) as client:
+            await plain.create_all(ReplicaBase.metadata)
+            created = await client.post("/notes", json={"body": "x"})
+        assert created.status_code == 200
+        assert "aegis_read_after" not in created.headers.get("set-cookie", "")
     finally:
         await plain.close()

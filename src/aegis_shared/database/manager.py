@@ -380,9 +380,24 @@ class DatabaseManager:
         """
         if read_only and write:
             raise ValueError("a session is read_only=True or write=True, not both")
+        self.start_replica_monitor()
         factory = await self.read_factory() if read_only else self.session_factory
         async with self._scoped(factory, write, read_only) as session:
             yield session
+
+    def start_replica_monitor(self) -> None:
+        """Start watching the replicas now (call it in the app's lifespan; any session
+        of this manager, or the first read-only one, starts it otherwise). A replica
+        serves a client that wrote only once a sample taken after the write shows it
+        caught up, so a monitor that starts late sends those reads to the primary longer."""
+        if self._replicas is not None:
+            self._ensure_open()
+            self._replicas.start()
+
+    @property
+    def has_replicas(self) -> bool:
+        """True when the manager was given ``replica_urls``."""
+        return self._replicas is not None
 
     async def read_factory(self) -> async_sessionmaker[AegisSession]:
         """The factory of a read-only session: a healthy replica's that has this

@@ -135,7 +135,7 @@ class ReplicaSet:
         clock skew), or ``None`` for the primary. Starts the monitor on first use."""
         if self._closed:
             return None
-        self._start()
+        self.start()
         first = self._first_check
         if first is not None and not first.is_set():
             # The first read-only session waits for the first check (bounded), rather than
@@ -165,8 +165,10 @@ class ReplicaSet:
         logger.debug("read-only session on %s", chosen.name)
         return chosen
 
-    def _start(self) -> None:
-        if self._task is None:
+    def start(self) -> None:
+        """Start the monitor (in the running event loop) unless it runs already. The
+        earlier it runs, the sooner a lagging replica can be known to have a write."""
+        if self._task is None and not self._closed:
             self._first_check = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(
                 self._monitor(), name="aegis-replicas"

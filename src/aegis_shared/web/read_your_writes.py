@@ -40,7 +40,8 @@ class ReadYourWritesMiddleware:
     the response start) has happened when it writes the token. The cookie lives as long
     as a replica may lag (``db``'s ``replica_max_lag``, or ``max_age`` seconds): after
     that every healthy replica has the write anyway. ``secure`` marks the cookie Secure
-    (keep it, except for local plain http).
+    (keep it, except for local plain http). Given a ``db`` without replicas it does
+    nothing, so an app may add it before it has any.
     """
 
     def __init__(
@@ -58,11 +59,17 @@ class ReadYourWritesMiddleware:
             raise ValueError(f"max_age must be a number of seconds > 0, got {max_age!r}")
         self.max_age = math.ceil(max_age + CLOCK_SKEW) + 1
         self.secure = secure
+        # With a manager that has no replicas every read is on the primary: no token to
+        # carry, no cookie to set.
+        self.enabled = db is None or db.has_replicas
+        self.db = db
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not self.enabled:
             await self.app(scope, receive, send)
             return
+        if self.db is not None:
+            self.db.start_replica_monitor()
         incoming = _token_of(scope)
         require_read_after(incoming)
         before = read_after()
