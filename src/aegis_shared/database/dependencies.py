@@ -11,8 +11,11 @@ response starts when the status is below 400.
 
 FastAPI runs a dependency's exit code after the response is sent (the default
 ``Depends(get_session)``, ``scope="request"``). From FastAPI 0.121,
-``Depends(get_session, scope="function")`` ends the session as soon as the handler returns,
-which releases the connection before a streaming response starts.
+``Depends(get_session, scope="function")`` ends the session as soon as the handler returns.
+For a generator endpoint (``fastapi.sse``) that is when the generator is made: the session
+is closed inside it, and a default-scope one is held for the whole stream. Take the
+function-scoped session in a plain ``async def`` check dependency instead, and a session
+per event inside the stream (docs/guide.md, "FastAPI dependency scope").
 """
 
 from __future__ import annotations

@@ -14,6 +14,14 @@ replayed from the log, with no gap and no duplicate::
 
 The stream holds no pooled connection while it waits (see :class:`~aegis_shared.events.EventHub`),
 and when the client goes away its subscription ends with it.
+
+Checks (a missing row, a forbidden channel) belong in a dependency, not in the generator:
+the status line goes out before the generator's first line, so a raise there is a 200
+with an empty body, while a dependency's ``EntityNotFoundError`` or ``HTTPException(403)``
+is answered with its status by the app's error handlers. Such a dependency takes
+``Depends(get_session, scope="function")`` and is a plain ``async def``, so its
+connection goes back as the stream starts; per-event reads open their own short session
+(docs/guide.md, "Server-Sent Events").
 """
 
 from __future__ import annotations
