@@ -392,9 +392,7 @@ def test_a_password_with_an_unencoded_at_sign_is_refused_masked() -> None:
     for attempt in (lambda: Settings(database_url=url), lambda: DatabaseManager(url)):
         with pytest.raises(ConfigurationError, match="percent-encode") as caught:
             attempt()
-        assert "'postgresql://app:***@db.internal/app' is not a database URL" in str(
-            caught.value
-        )
+        assert "'postgresql://app:***@db.internal/app' is not a database URL" in str(caught.value)
         assert SECRET not in everything_printed(caught.value)
 
 
@@ -420,7 +418,10 @@ async def test_a_failed_connect_logs_no_password(
         ("postgresql://user@host/db", "postgresql://user@host/db"),
         ("postgresql://host/db", "postgresql://host/db"),
         ("mysql://u:a:b@c@host/db", "mysql://u:***@host/db"),
-        ("mysql://u@host/db?password=pw&charset=utf8", "mysql://u@host/db?password=***&charset=utf8"),
+        (
+            "mysql://u@host/db?password=pw&charset=utf8",
+            "mysql://u@host/db?password=***&charset=utf8",
+        ),
         ("sqlite+aiosqlite:///./aegis.db", "sqlite+aiosqlite:///./aegis.db"),
         ("not-a-url", "not-a-url"),
     ],

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,9 @@ from aegis_shared.database import DatabaseManager
 from examples.fridge.app import prepare_database
 from tests import pgbouncer
 from tests.conftest import IN_CI
+from tests.processes import uvicorn
 from tests.replication import Pair
-from tests.test_fridge_live import ROOT, Stream, _free_port, _text, follow
+from tests.test_fridge_live import Stream, follow
 
 MILK, EGGS, BUTTER, CARROT, ONION, TOMATO = 1, 2, 3, 4, 5, 6
 WORKER = "x-worker-pid"
@@ -107,8 +107,6 @@ async def deployed(replication_pair: Pair, tmp_path: Path) -> AsyncIterator[Depl
         setup = DatabaseManager(primary)
         await prepare_database(setup)
         await setup.close()
-        port = _free_port()
-        log = tmp_path / "uvicorn.log"
         env = stack.enter_context(
             _env(
                 DATABASE_URL=bouncer.render_as_string(hide_password=False),
@@ -123,33 +121,20 @@ async def deployed(replication_pair: Pair, tmp_path: Path) -> AsyncIterator[Depl
                 FRIDGE_ADMIN_TOKEN="test-admin-token-0123456789",
             )
         )
-        with log.open("wb") as sink:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                *("-m", "uvicorn", "tests.deploy_app:app", "--workers", "2"),
-                *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
-                cwd=ROOT,
+        base = await stack.enter_async_context(
+            uvicorn(
+                "tests.deploy_app:app",
                 env=env,
-                stdout=sink,
-                stderr=sink,
+                log=tmp_path / "uvicorn.log",
+                ready_path="/ingredients",
+                workers=2,
             )
-        base = f"http://127.0.0.1:{port}"
+        )
         try:
-            async with httpx.AsyncClient(base_url=base) as probe, asyncio.timeout(30):
-                while True:
-                    assert process.returncode is None, _text(log)
-                    with contextlib.suppress(httpx.TransportError):
-                        if (await probe.get("/ingredients")).status_code == 200:
-                            break
-                    await asyncio.sleep(0.1)
             await _warm(base)
             yield Deployment(base, primary, standby, replication_pair)
         finally:
             replication_pair.set_apply_delay(0)
-            process.terminate()
-            await process.wait()
-    output = _text(log)
-    assert "Traceback" not in output, output
 
 
 async def _warm(base: str) -> None:

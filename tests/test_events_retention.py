@@ -44,6 +44,7 @@ from aegis_shared.events import (
 )
 from aegis_shared.events.retention import MAX_BATCH_SIZE
 from aegis_shared.testing import count_queries
+from tests import sse
 from tests.conftest import MakeDb
 from tests.http import serve
 from tests.test_events_sse import make_app
@@ -336,19 +337,11 @@ async def test_sse_client_resuming_from_a_trimmed_position_gets_a_resync_event(
 async def read_sse(lines: AsyncIterator[str], count: int) -> list[dict[str, Any]]:
     """The next ``count`` SSE messages (comments skipped), each as its fields."""
     messages: list[dict[str, Any]] = []
-    fields: dict[str, Any] = {}
     async with asyncio.timeout(TIMEOUT):
-        async for line in lines:
-            if line == "":
-                if "data" in fields:
-                    fields["data"] = json.loads(fields["data"])
-                    messages.append(fields)
-                    if len(messages) == count:
-                        return messages
-                fields = {}
-            elif not line.startswith(":"):
-                name, _, value = line.partition(":")
-                fields[name] = value.removeprefix(" ")
+        async for fields in sse.messages(lines):
+            messages.append({**fields, "data": json.loads(fields["data"])})
+            if len(messages) == count:
+                return messages
     raise AssertionError(f"the stream ended after {messages}")
 
 

@@ -17,6 +17,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from aegis_shared.database import DatabaseManager
 from aegis_shared.events import EventHub, event_metadata, publish, wakeups
 from aegis_shared.web.events import event_stream, last_event_id
+from tests import sse
 from tests.conftest import MakeDb
 from tests.http import serve
 
@@ -53,18 +54,12 @@ async def read_messages(lines: AsyncIterator[str], count: int) -> list[tuple[int
     """The next ``count`` SSE messages with an id off ``lines`` (one response's
     ``aiter_lines()``), as (id, decoded data)."""
     messages: list[tuple[int, Any]] = []
-    fields: dict[str, str] = {}
     async with asyncio.timeout(TIMEOUT):
-        async for line in lines:
-            if line == "":
-                if "id" in fields:
-                    messages.append((int(fields["id"]), json.loads(fields["data"])))
-                    if len(messages) == count:
-                        return messages
-                fields = {}
-            elif not line.startswith(":"):
-                name, _, value = line.partition(":")
-                fields[name] = value.removeprefix(" ")
+        async for fields in sse.messages(lines):
+            if "id" in fields:
+                messages.append((int(fields["id"]), json.loads(fields["data"])))
+                if len(messages) == count:
+                    return messages
     raise AssertionError(f"the stream ended after {messages}")
 
 

@@ -9,9 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import statistics
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -24,62 +22,29 @@ import pytest
 from sqlalchemy import MetaData
 from sqlalchemy.engine import URL
 
+from tests import sse
 from tests.conftest import MakeDb
+from tests.processes import uvicorn
 
-ROOT = Path(__file__).resolve().parents[1]
 MILK, EGGS, BUTTER, CARROT, ONION, TOMATO = 1, 2, 3, 4, 5, 6
 #: Generous: the test is about arriving, in order, through the other process. The latency
 #: each event took is printed (run with -s) and written down in docs/benchmarks.md.
 ARRIVAL_TIMEOUT = 5.0
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _text(log: Path) -> str:
-    return log.read_text(errors="replace")
-
-
 @asynccontextmanager
 async def worker(db_url: URL, log: Path) -> AsyncIterator[str]:
     """``uvicorn examples.fridge.app:app`` as its own process; yields its base URL."""
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("DATABASE_")}
     env |= {
         "DATABASE_URL": db_url.render_as_string(hide_password=False),
         "SESSION_COOKIE_SECURE": "false",
         "FRIDGE_ADMIN_TOKEN": "test-admin-token-0123456789",
     }
-    with log.open("wb") as sink:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *("-m", "uvicorn", "examples.fridge.app:app", "--host", "127.0.0.1"),
-            *("--port", str(port), "--log-level", "warning"),
-            cwd=ROOT,
-            env=env,
-            stdout=sink,
-            stderr=sink,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(base_url=base) as probe, asyncio.timeout(30):
-            while True:
-                assert process.returncode is None, _text(log)
-                try:
-                    if (await probe.get("/ingredients")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
+    async with uvicorn(
+        "examples.fridge.app:app", env=env, log=log, ready_path="/ingredients"
+    ) as base:
         yield base
-    finally:
-        process.terminate()
-        await process.wait()
-    output = _text(log)
-    assert "Traceback" not in output, output
 
 
 @dataclass
@@ -97,18 +62,10 @@ class Stream:
     messages: asyncio.Queue[tuple[float, Message]] = field(default_factory=asyncio.Queue)
 
     async def pump(self) -> None:
-        fields: dict[str, str] = {}
-        async for line in self.response.aiter_lines():
-            if line == "":
-                if "data" in fields:
-                    message = Message(
-                        fields.get("event", "message"), fields.get("id"), json.loads(fields["data"])
-                    )
-                    self.messages.put_nowait((time.perf_counter(), message))
-                fields = {}
-            elif not line.startswith(":"):
-                name, _, value = line.partition(":")
-                fields[name] = value.removeprefix(" ")
+        async for fields in sse.messages(self.response.aiter_lines()):
+            event = fields.get("event", "message")
+            message = Message(event, fields.get("id"), json.loads(fields["data"]))
+            self.messages.put_nowait((time.perf_counter(), message))
 
     async def next(self) -> tuple[float, Message]:
         async with asyncio.timeout(ARRIVAL_TIMEOUT):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +19,7 @@ from sqlalchemy.engine import URL
 
 from tests.conftest import MakeDb
 from tests.markdown import python_blocks
+from tests.processes import uvicorn
 
 TIMEOUT = 60  # seconds for either program to start or finish, on a slow shared machine
 
@@ -55,40 +55,15 @@ async def _run(project: Path, env: dict[str, str], *args: str) -> tuple[int, str
     return await process.wait(), output.decode(), errors.decode()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @asynccontextmanager
 async def serve(project: Path, env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
     """``uvicorn quickstart:app`` on a loopback port, and a client for it."""
-    port = _free_port()
     log = project / "uvicorn.log"
-    with log.open("wb") as sink:
-        server = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *("-m", "uvicorn", "quickstart:app", "--host", "127.0.0.1", "--port", str(port)),
-            cwd=project,
-            env=env,
-            stdout=sink,
-            stderr=sink,
-        )
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            async with asyncio.timeout(TIMEOUT):
-                while True:
-                    assert server.returncode is None, log.read_text()
-                    try:
-                        await client.get("/docs")
-                        break
-                    except httpx.TransportError:
-                        await asyncio.sleep(0.1)
-            yield client
-    finally:
-        server.terminate()
-        await server.wait()
+    async with (
+        uvicorn("quickstart:app", env=env, log=log, ready_path="/docs", cwd=project) as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        yield client
 
 
 async def test_the_quick_start_runs_as_written(project: Path, db_url: URL, backend: str) -> None:

@@ -203,6 +203,8 @@ def test_without_pytest_asyncio_the_fixtures_say_what_to_install(
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
-        ["*The aegis_session fixture of aegis-shared is async and runs on pytest-asyncio, "
-         "which is not installed: pip install pytest-asyncio*"]
+        [
+            "*The aegis_session fixture of aegis-shared is async and runs on pytest-asyncio, "
+            "which is not installed: pip install pytest-asyncio*"
+        ]
     )
