@@ -52,7 +52,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tenacity import (
     AsyncRetrying,
     RetryError,
-    retry_if_not_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_exponential,
 )
@@ -117,6 +117,10 @@ class DeadLetter:
 
 class _LeaseLost(Exception):
     """Another process holds the consumer's lease now (ours expired): stop, it goes on."""
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, Exception) and not isinstance(exc, _LeaseLost)
 
 
 class _Store:
@@ -377,8 +381,9 @@ class Consumer:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts),
             wait=wait_exponential(multiplier=self.backoff_min, max=self.backoff_max),
-            # A lost lease is not the handler's failure: it ends this pass at once.
-            retry=retry_if_not_exception_type(_LeaseLost),
+            # Only the handler's own failures are retried: a lost lease ends this pass at
+            # once, and a cancellation (stop) must not be taken for a failed attempt.
+            retry=retry_if_exception(_retryable),
             reraise=False,
         )
         try:
