@@ -295,7 +295,12 @@ async def test_event_tables_join_an_application_metadata_for_migrations(
     app_metadata = MetaData()
     include_event_tables(app_metadata)
     include_event_tables(app_metadata)  # twice: left alone
-    assert sorted(app_metadata.tables) == ["aegis_event_channels", "aegis_events"]
+    assert sorted(app_metadata.tables) == [
+        "aegis_event_channels",
+        "aegis_event_consumers",
+        "aegis_event_dead_letters",
+        "aegis_events",
+    ]
     copied = app_metadata.tables["aegis_events"]
     assert {c.name for c in copied.constraints} >= {"uq_aegis_events_channel_position"}
 

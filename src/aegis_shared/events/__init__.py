@@ -9,6 +9,13 @@
 See docs/guide.md, "Live data".
 """
 
+from aegis_shared.events.consumers import (
+    Consumer,
+    DeadLetter,
+    consumed_floor,
+    list_dead_letters,
+    skip_dead_letter,
+)
 from aegis_shared.events.hub import EventHub
 from aegis_shared.events.publish import MAX_EVENT_BYTES, check_channel, publish
 from aegis_shared.events.reading import MAX_READ, Event, EventsTrimmedError, read_events
@@ -23,7 +30,9 @@ from aegis_shared.events.subscription import Resync, Subscription, Trimmed
 from aegis_shared.events.tables import (
     MAX_CHANNEL_LENGTH,
     channels_table,
+    consumers_table,
     create_event_tables,
+    dead_letters_table,
     drop_event_tables,
     event_metadata,
     events_table,
@@ -34,6 +43,8 @@ __all__ = [
     "MAX_CHANNEL_LENGTH",
     "MAX_EVENT_BYTES",
     "MAX_READ",
+    "Consumer",
+    "DeadLetter",
     "Event",
     "EventHub",
     "EventSweeper",
@@ -44,14 +55,19 @@ __all__ = [
     "Trimmed",
     "channels_table",
     "check_channel",
+    "consumed_floor",
+    "consumers_table",
     "create_event_tables",
+    "dead_letters_table",
     "drop_event_tables",
     "event_metadata",
     "events_table",
     "include_event_tables",
+    "list_dead_letters",
     "publish",
     "read_events",
     "retention_cut",
+    "skip_dead_letter",
     "sweep_events",
     "trim_events",
 ]

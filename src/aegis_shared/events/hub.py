@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
@@ -31,6 +31,7 @@ from aegis_shared.database.manager import DatabaseManager
 from aegis_shared.database.urls import normalize_url
 from aegis_shared.errors.exceptions import ConfigurationError
 from aegis_shared.events import wakeups
+from aegis_shared.events.consumers import Consumer, Handler
 from aegis_shared.events.listener import Listener
 from aegis_shared.events.publish import check_channel
 from aegis_shared.events.reading import (
@@ -233,6 +234,7 @@ class EventHub:
                 "polled through the manager's pool. Leave direct_url out."
             )
         self._started = False
+        self._consumers: list[Consumer] = []
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -254,6 +256,8 @@ class EventHub:
         if self._closed:
             return
         self._closed = True
+        for consumer in self._consumers:
+            await consumer.stop()
         wakeups.remove_listener(self._engines, self._local_commit)
         if self._listener is not None:
             wakeups.set_sender(self._engines, None)
@@ -353,6 +357,35 @@ class EventHub:
             self._retired.add(channel.task)
             channel.task.add_done_callback(self._retired.discard)
             channel.stop()
+
+    # -- after-commit consumers (see .consumers) ----------------------------------------
+
+    def consume(self, name: str, channel: str, handler: Handler, **options: Any) -> Consumer:
+        """Run ``handler`` after commit on each event of ``channel``, at least once and in
+        order, from the position stored for consumer ``name`` (the options are those of
+        :class:`~aegis_shared.events.consumers.Consumer`); it stops with the hub.
+
+        Raises ``ValueError`` for a bad name, channel or option, or a name already
+        consuming ``channel`` in this hub; ``RuntimeError`` after :meth:`close`.
+        """
+        if self._closed:
+            raise RuntimeError("this EventHub was closed; make a new one to consume again")
+        if any(c.name == name and c.channel == channel for c in self._consumers):
+            raise ValueError(f"consumer {name!r} already consumes {channel!r} in this hub")
+        consumer = Consumer(self, name, channel, handler, **options)
+        self._start()
+        self._consumers.append(consumer)
+        consumer.start()
+        return consumer
+
+    def consumer(self, name: str, channel: str, **options: Any) -> Callable[[Handler], Handler]:
+        """:meth:`consume` as a decorator: ``@hub.consumer("welcome-mail", "users")``."""
+
+        def register(handler: Handler) -> Handler:
+            self.consume(name, channel, handler, **options)
+            return handler
+
+        return register
 
     # -- reading -------------------------------------------------------------------------
 

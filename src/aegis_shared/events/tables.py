@@ -1,13 +1,14 @@
-"""The event log's two tables, on their own ``MetaData``.
+"""The event log's tables, on their own ``MetaData``.
 
 ``aegis_events`` holds one row per event: ``position`` is its place in its channel, given
 at COMMIT (see :mod:`aegis_shared.events.positions`), so it is ``NULL`` only while the
 publishing transaction is open, and no other transaction ever sees such a row.
 ``aegis_event_channels`` holds one counter row per channel: the last position given.
+``aegis_event_consumers`` and ``aegis_event_dead_letters`` belong to after-commit consumers.
 
 Create them with :func:`create_event_tables` (demos and tests), or with Alembic: in
 ``migrations/env.py`` call ``include_event_tables(Base.metadata)`` before
-``run_migrations(Base.metadata)``, and ``alembic revision --autogenerate`` writes their two
+``run_migrations(Base.metadata)``, and ``alembic revision --autogenerate`` writes their
 ``op.create_table`` calls.
 """
 
@@ -67,6 +68,33 @@ channels_table: Final = Table(
     event_metadata,
     Column("channel", String(MAX_CHANNEL_LENGTH), primary_key=True),
     Column("last_position", BigInteger(), nullable=False),
+)
+
+#: After-commit consumers (see :mod:`aegis_shared.events.consumers`): per consumer and
+#: channel, the position handled up to and the lease of the process handling it now.
+consumers_table: Final = Table(
+    "aegis_event_consumers",
+    event_metadata,
+    Column("consumer", String(MAX_CHANNEL_LENGTH), primary_key=True),
+    Column("channel", String(MAX_CHANNEL_LENGTH), primary_key=True),
+    Column("position", BigInteger(), nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", UTCDateTime(), nullable=True),
+)
+
+#: Events a consumer gave up on after its attempts: what failed, never the event's data.
+dead_letters_table: Final = Table(
+    "aegis_event_dead_letters",
+    event_metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("consumer", String(MAX_CHANNEL_LENGTH), nullable=False),
+    Column("channel", String(MAX_CHANNEL_LENGTH), nullable=False),
+    Column("position", BigInteger(), nullable=False),
+    Column("attempts", Integer(), nullable=False),
+    Column("error_class", String(200), nullable=False),
+    Column("error_message", String(500), nullable=False),
+    Column("failed_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("consumer", "channel", "position", name="uq_aegis_event_dead_letters_event"),
 )
 
 
