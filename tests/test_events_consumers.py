@@ -16,11 +16,14 @@ from aegis_shared.database import DatabaseManager
 from aegis_shared.events import (
     Event,
     EventHub,
+    RetentionPolicy,
     consumed_floor,
     consumers_table,
     event_metadata,
     list_dead_letters,
     publish,
+    read_events,
+    trim_events,
     wakeups,
 )
 from aegis_shared.events.consumers import check_consumer_name, safe_error
@@ -260,3 +263,39 @@ async def test_bad_input_is_refused(edb: DatabaseManager) -> None:
         hub.consume("cache2", "orders", handle)
     name, message = safe_error(RuntimeError("x" * 2000))
     assert name == "RuntimeError" and len(message) == 500
+
+
+async def test_retention_keeps_what_a_consumer_has_not_handled_and_its_dead_letters(
+    edb: DatabaseManager,
+) -> None:
+    gate = asyncio.Event()
+    handled: list[int] = []
+
+    async def handle(event: Event) -> None:
+        if event.position == 2:
+            raise ValueError("always")
+        if event.position >= 4:
+            await gate.wait()  # a slow mailer: 4 and later wait
+        handled.append(event.position)
+
+    keep_one = RetentionPolicy(max_count=1)
+    async with hub_for(edb) as hub:
+        consumer = hub.consume("mail", "users", handle, max_attempts=1, **FAST)
+        await send(edb, "users", "a", "b", "c", "d", "e")
+        await until(lambda: handled == [1, 3])
+        async with asyncio.timeout(TIMEOUT):
+            while await consumed_floor(edb, "users") != 3:  # noqa: ASYNC110 (polls a table)
+                await asyncio.sleep(0.01)
+        # max_count=1 alone would keep only 5; 2 is a dead letter (retried from the log),
+        # 4 and 5 are not handled yet: 2..5 stay, 1 goes.
+        assert await trim_events(edb, keep_one) == 1
+        assert [e.position for e in await read_events(edb, "users", after=1)] == [2, 3, 4, 5]
+        (dead,) = await list_dead_letters(edb)
+        assert await consumer.skip_dead_letter(dead.id) is True
+        assert await trim_events(edb, keep_one) == 2  # 2 and 3 now: 4 is still unhandled
+        gate.set()
+        await until(lambda: handled == [1, 3, 4, 5])
+        async with asyncio.timeout(TIMEOUT):
+            while await consumed_floor(edb, "users") != 5:  # noqa: ASYNC110 (polls a table)
+                await asyncio.sleep(0.01)
+        assert await trim_events(edb, keep_one) == 1  # 4; 5 is the one the policy keeps

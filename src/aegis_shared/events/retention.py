@@ -46,7 +46,12 @@ from sqlalchemy.engine import CursorResult
 
 from aegis_shared.database.manager import DatabaseManager
 from aegis_shared.errors.exceptions import ConfigurationError
-from aegis_shared.events.tables import channels_table, events_table
+from aegis_shared.events.tables import (
+    channels_table,
+    consumers_table,
+    dead_letters_table,
+    events_table,
+)
 from aegis_shared.models.types import UTCDateTime, utcnow
 from aegis_shared.periodic import PeriodicSweeper
 
@@ -137,20 +142,32 @@ class RetentionPolicy:
         return self.max_age is not None or self.max_count is not None
 
 
-def retention_cut(policy: RetentionPolicy, *, last_position: int, first_young: int | None) -> int:
+def retention_cut(
+    policy: RetentionPolicy,
+    *,
+    last_position: int,
+    first_young: int | None,
+    consumed: int | None = None,
+) -> int:
     """The highest position of a channel that ``policy`` removes (0: none), from the
-    channel's last committed position and, with an age limit, the first position of an
-    event younger than it (``None``: every event is older).
+    channel's last committed position, with an age limit the first position of an event
+    younger than it (``None``: every event is older), and the lowest position its
+    after-commit consumers have handled, or the position before their oldest dead letter
+    (``None``: it has neither).
 
     The one place that decides what goes: a rule that keeps events longer returns a lower
     cut here (never a higher one than these rules give, and never above ``last_position``,
-    which would reach events not committed when the channel was read).
+    which would reach events not committed when the channel was read). An event a consumer
+    has not handled yet is kept whatever its age: the transactional outbox delivers at
+    least once, and a trimmed event could not be delivered at all.
     """
     cut = 0
     if policy.max_count is not None:
         cut = max(cut, last_position - policy.max_count)
     if policy.max_age is not None:
         cut = max(cut, last_position if first_young is None else first_young - 1)
+    if consumed is not None:
+        cut = min(cut, consumed)
     return min(cut, last_position)
 
 
@@ -172,8 +189,14 @@ def _channels_statement(policy: RetentionPolicy) -> Any:
             .limit(1)
             .scalar_subquery()
         )
+    consumers, dead = consumers_table.c, dead_letters_table.c
+    consumed = (
+        select(func.min(consumers.position)).where(consumers.channel == c.channel).scalar_subquery()
+    )
+    # A dead letter is retried from the log (retry_dead_letter): its event stays too.
+    dead_letter = select(func.min(dead.position)).where(dead.channel == c.channel).scalar_subquery()
     return (
-        select(c.channel, c.last_position, oldest, first_young)
+        select(c.channel, c.last_position, oldest, first_young, consumed, dead_letter)
         .where(c.channel > bindparam("p_after"))
         .order_by(c.channel)
         .limit(_PAGE)
@@ -230,13 +253,17 @@ async def trim_events(
     while True:
         async with db.background_engine.connect() as conn:
             page = (await conn.execute(statement, {**params, "p_after": after})).all()
-        for channel, last_position, oldest, first_young in page:
+        for channel, last_position, oldest, first_young, consumed, dead_letter in page:
             if oldest is None:
                 continue  # nothing retained
+            floors = [int(consumed)] if consumed is not None else []
+            if dead_letter is not None:
+                floors.append(int(dead_letter) - 1)
             cut = retention_cut(
                 policy,
                 last_position=int(last_position),
                 first_young=None if first_young is None else int(first_young),
+                consumed=min(floors) if floors else None,
             )
             for lo in range(int(oldest), cut + 1, policy.batch_size):
                 count = await _delete_range(db, channel, lo, min(cut, lo + policy.batch_size - 1))
