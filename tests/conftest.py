@@ -26,6 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from aegis_shared.database import DatabaseManager, configure_database, reset_database
+from aegis_shared.events import event_metadata, wakeups
 from tests import pgbouncer, replication
 from tests.models import Base
 
@@ -234,3 +235,19 @@ async def make_db(db_url: URL, through_pgbouncer: bool, direct_url: URL) -> Asyn
 async def db(make_db: MakeDb) -> DatabaseManager:
     """A default manager on ``backend`` with fresh tables of the test models."""
     return await make_db()
+
+
+@pytest.fixture
+async def edb(make_db: MakeDb) -> AsyncIterator[DatabaseManager]:
+    """A default manager with fresh event-log tables (the events tests)."""
+    db = await make_db(event_metadata, pool_size=5, max_overflow=10)
+    yield db
+    await wakeups.drain(db.engine.sync_engine)  # the after-commit NOTIFY (PostgreSQL)
+
+
+@pytest.fixture
+async def other(make_db: MakeDb, edb: DatabaseManager) -> AsyncIterator[DatabaseManager]:
+    """A second manager on ``edb``'s database: stands in for another process."""
+    db = await make_db(default=False, pool_size=5)
+    yield db
+    await wakeups.drain(db.engine.sync_engine)

@@ -6,7 +6,6 @@ crashed holder's lease expires, and a close that leaves no task."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,34 +18,16 @@ from aegis_shared.events import (
     RetentionPolicy,
     consumed_floor,
     consumers_table,
-    event_metadata,
     list_dead_letters,
     publish,
     read_events,
     trim_events,
-    wakeups,
 )
 from aegis_shared.events.consumers import check_consumer_name, safe_error
 from aegis_shared.models.types import utcnow
-from tests.conftest import MakeDb
 
 TIMEOUT = 10
 FAST: dict[str, Any] = {"backoff_min": 0.01, "backoff_max": 0.02, "idle_check": 0.1}
-
-
-@pytest.fixture
-async def edb(make_db: MakeDb) -> AsyncIterator[DatabaseManager]:
-    db = await make_db(event_metadata, pool_size=5, max_overflow=10)
-    yield db
-    await wakeups.drain(db.engine.sync_engine)
-
-
-@pytest.fixture
-async def other(make_db: MakeDb, edb: DatabaseManager) -> AsyncIterator[DatabaseManager]:
-    """A second manager on the same database: stands in for another process."""
-    db = await make_db(default=False, pool_size=5)
-    yield db
-    await wakeups.drain(db.engine.sync_engine)
 
 
 async def send(db: DatabaseManager, channel: str, *values: Any) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import warnings
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -31,21 +30,6 @@ from tests import pgbouncer
 from tests.conftest import MakeDb
 
 TIMEOUT = 10
-
-
-@pytest.fixture
-async def edb(make_db: MakeDb) -> AsyncIterator[DatabaseManager]:
-    db = await make_db(event_metadata, pool_size=5, max_overflow=10)
-    yield db
-    await wakeups.drain(db.engine.sync_engine)
-
-
-@pytest.fixture
-async def other(make_db: MakeDb, edb: DatabaseManager) -> AsyncIterator[DatabaseManager]:
-    """A second manager on the same database: stands in for another process."""
-    db = await make_db(default=False, pool_size=5)
-    yield db
-    await wakeups.drain(db.engine.sync_engine)
 
 
 async def send(db: DatabaseManager, channel: str, *values: Any) -> None:

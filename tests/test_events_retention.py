@@ -40,7 +40,6 @@ from aegis_shared.events import (
     retention_cut,
     sweep_events,
     trim_events,
-    wakeups,
 )
 from aegis_shared.events.retention import MAX_BATCH_SIZE
 from aegis_shared.testing import count_queries
@@ -52,13 +51,6 @@ from tests.test_events_sse import make_app
 TIMEOUT = 10
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
-
-
-@pytest.fixture
-async def edb(make_db: MakeDb) -> AsyncIterator[DatabaseManager]:
-    db = await make_db(event_metadata, pool_size=5, max_overflow=5)
-    yield db
-    await wakeups.drain(db.engine.sync_engine)
 
 
 async def send(db: DatabaseManager, channel: str, *values: Any) -> None:

@@ -15,20 +15,12 @@ from fastapi import Depends, FastAPI
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from aegis_shared.database import DatabaseManager
-from aegis_shared.events import EventHub, event_metadata, publish, wakeups
+from aegis_shared.events import EventHub, publish
 from aegis_shared.web.events import event_stream, last_event_id
 from tests import sse
-from tests.conftest import MakeDb
 from tests.http import serve
 
 TIMEOUT = 10
-
-
-@pytest.fixture
-async def edb(make_db: MakeDb) -> AsyncIterator[DatabaseManager]:
-    db = await make_db(event_metadata, pool_size=5)
-    yield db
-    await wakeups.drain(db.engine.sync_engine)
 
 
 def make_app(hub: EventHub) -> FastAPI:
