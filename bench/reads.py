@@ -7,6 +7,7 @@ so drift hits all of them alike; the median of the rounds is reported.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -212,6 +213,31 @@ class Ours(Contender):
             return await uow.items.get_by_id(id)
 
 
+class OursThroughPgbouncer(Ours):
+    name = "ours through pgbouncer (transaction mode)"
+    note = (
+        "the same reads, DATABASE_PGBOUNCER=true, through pgbouncer 1.18 (default_pool_size "
+        "20, tests/pgbouncer.py); its server connections cannot be pinned: issue 13"
+    )
+
+    async def setup(self) -> None:
+        from sqlalchemy.engine import make_url
+
+        from tests import pgbouncer
+
+        if pgbouncer.binary() is None:
+            raise SystemExit(f"bench reads needs pgbouncer: {pgbouncer.INSTALL_HINT}")
+        self.stack = contextlib.ExitStack()
+        bouncer = self.stack.enter_context(pgbouncer.running(make_url(PG_URL), pool_size=20))
+        self.db = DatabaseManager(
+            bouncer, pool_size=POOL_SIZE, max_overflow=0, pgbouncer=True, direct_url=PG_URL
+        )
+
+    async def close(self) -> None:
+        await super().close()
+        self.stack.close()
+
+
 CONTENDERS: list[type[Contender]] = [
     AsyncpgHeld,
     AsyncpgPool,
@@ -222,6 +248,7 @@ CONTENDERS: list[type[Contender]] = [
     AdvancedAlchemy,
     SAPoolDriver,
     Ours,
+    OursThroughPgbouncer,
 ]
 
 
