@@ -50,7 +50,7 @@ from http.cookies import SimpleCookie
 from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-from aegis_shared.web.asgi import ASGIApp, Message, Receive, Scope, Send
+from aegis_shared.web.asgi import ASGIApp, Message, Receive, Scope, Send, cookie_values
 
 logger = logging.getLogger("aegis_shared.web")
 
@@ -364,15 +364,9 @@ class CSRFTokens:
 
     def cookie_token(self, scope: Scope) -> str | None:
         """The client's token cookie if it verifies, else ``None``."""
-        for header in _header_values(scope, b"cookie"):
-            # Parsed by hand, like browsers and Starlette: SimpleCookie stops at the first
-            # cookie it dislikes, which would hide ours behind another site's junk.
-            for pair in header.split(";"):
-                name, eq, value = pair.partition("=")
-                if eq and name.strip() == self.cookie_name:
-                    value = value.strip().strip('"')
-                    if self.is_valid(value):
-                        return value
+        for value in cookie_values(scope, self.cookie_name):
+            if self.is_valid(value):
+                return value
         return None
 
     def set_cookie_header(self, token: str) -> tuple[bytes, bytes]:

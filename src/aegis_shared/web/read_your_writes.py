@@ -15,7 +15,6 @@ moment the response starts.
 from __future__ import annotations
 
 import math
-from http.cookies import SimpleCookie
 
 from aegis_shared.database.manager import DatabaseManager
 from aegis_shared.database.replicas import (
@@ -25,7 +24,7 @@ from aegis_shared.database.replicas import (
     read_after,
     require_read_after,
 )
-from aegis_shared.web.asgi import ASGIApp, Message, Receive, Scope, Send
+from aegis_shared.web.asgi import ASGIApp, Message, Receive, Scope, Send, cookie_values
 
 COOKIE_NAME = "aegis_read_after"
 HEADER_NAME = "x-aegis-read-after"
@@ -101,21 +100,12 @@ class ReadYourWritesMiddleware:
 
 
 def _token_of(scope: Scope) -> float | None:
-    header = None
-    cookies = None
-    for name, value in scope.get("headers", []):
-        if name == HEADER_NAME.encode():
-            header = value.decode("latin-1")
-        elif name == b"cookie":
-            cookies = value.decode("latin-1")
-    if header is not None:
-        return parse_token(header.strip())
-    if cookies:
-        jar: SimpleCookie = SimpleCookie()
-        try:
-            jar.load(cookies)
-        except Exception:  # a malformed Cookie header: no token, not an error
-            return None
-        morsel = jar.get(COOKIE_NAME)
-        return parse_token(morsel.value) if morsel is not None else None
+    """The header's token if sent (API clients), else the first well-formed cookie's."""
+    for name, value in scope.get("headers", ()):
+        if name.lower() == HEADER_NAME.encode():
+            return parse_token(value.decode("latin-1").strip())
+    for value in cookie_values(scope, COOKIE_NAME):
+        token = parse_token(value)
+        if token is not None:
+            return token
     return None

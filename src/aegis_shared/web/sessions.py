@@ -21,7 +21,7 @@ from starlette.requests import HTTPConnection
 from aegis_shared.errors.exceptions import DatabaseError
 from aegis_shared.sessions.ids import is_session_id, session_key
 from aegis_shared.sessions.store import SessionDataTooLargeError, SessionStore
-from aegis_shared.web.asgi import ASGIApp, Message, Receive, Scope, Send
+from aegis_shared.web.asgi import ASGIApp, Message, Receive, Scope, Send, cookie_values
 from aegis_shared.web.csrf import CSRFMiddleware, CSRFTokens
 from aegis_shared.web.errors import send_error
 
@@ -478,23 +478,8 @@ class SessionMiddleware:
             raise
 
     def _cookie_values(self, scope: Scope) -> list[str]:
-        """Every value of the session cookie in the request's Cookie headers, in order.
-
-        Not Starlette's ``cookie_parser``: it keeps only the last value of a name, and
-        the last one may be a sibling subdomain's.
-        """
-        values: list[str] = []
-        for name, header in scope.get("headers", []):
-            if name != b"cookie":
-                continue
-            for chunk in header.decode("latin-1").split(";"):
-                key, sep, value = chunk.partition("=")
-                if sep and key.strip() == self.cookie_name:
-                    value = value.strip()
-                    if len(value) >= 2 and value[0] == value[-1] == '"':
-                        value = value[1:-1]  # a quoted value; an id never needs quoting
-                    values.append(value)
-        return values
+        """Every value of the session cookie in the request's Cookie headers, in order."""
+        return cookie_values(scope, self.cookie_name)
 
     def _headers(self, headers: Any, value: str | None) -> list[tuple[bytes, bytes]]:
         result: list[tuple[bytes, bytes]] = []
