@@ -242,9 +242,7 @@ class DatabaseManager:
         replicas = []
         for index, url in enumerate(parsed):
             engine = build_engine(url, pool_size=pool_size, max_overflow=max_overflow, **common)
-            replica = Replica(index, url, engine)
-            replica.sessions = self._sessionmaker(engine, replica=True)
-            replicas.append(replica)
+            replicas.append(Replica(index, url, engine, self._sessionmaker(engine, replica=True)))
         return ReplicaSet(
             primary=self._engine,
             replicas=replicas,

@@ -96,13 +96,11 @@ class Replica:
     index: int
     url: URL
     engine: AsyncEngine
-    sessions: Any = None  # the manager's sessionmaker on this engine
+    sessions: Any  # the manager's sessionmaker on this engine
     healthy: bool = False
     #: The time up to which it has everything the primary committed (see module doc).
     caught_up_to: float | None = None
-    replay_lsn: int | None = None
     reads: int = 0
-    problem: str | None = "not checked yet"
 
     @property
     def name(self) -> str:
@@ -210,28 +208,28 @@ class ReplicaSet:
                         )
                     ).one()
         except Exception as exc:
-            self._mark(replica, None, f"unreachable ({type(exc).__name__})")
+            self._mark(replica, f"unreachable ({type(exc).__name__})")
             return
         in_recovery, replayed = row
         if not in_recovery or replayed is None:
-            self._mark(replica, None, "not a standby (promoted, or never one)")
+            self._mark(replica, "not a standby (promoted, or never one)")
             return
-        replica.replay_lsn = int(replayed)
-        caught_up = [t for t, lsn in self._samples if lsn <= replica.replay_lsn]
+        caught_up = [t for t, lsn in self._samples if lsn <= int(replayed)]
         if caught_up:
             replica.caught_up_to = max(caught_up)
         lag = replica.lag(time.time())
         if lag is None:
-            self._mark(replica, None, "no primary position to compare with yet")
+            self._mark(replica, "no primary position to compare with yet")
         elif lag > self.max_lag:
-            self._mark(replica, None, f"lags {lag:.1f} s, more than {self.max_lag:g} s")
+            self._mark(replica, f"lags {lag:.1f} s, more than {self.max_lag:g} s")
         else:
-            self._mark(replica, True, None)
+            self._mark(replica, None)
 
-    def _mark(self, replica: Replica, healthy: bool | None, problem: str | None) -> None:
-        now_healthy = bool(healthy)
-        if now_healthy != replica.healthy:
-            if now_healthy:
+    def _mark(self, replica: Replica, problem: str | None) -> None:
+        """``problem`` (``None``: healthy) decides the replica's health; a change is logged."""
+        healthy = problem is None
+        if healthy != replica.healthy:
+            if healthy:
                 logger.info("%s (%s) rejoined: reads go to it again", replica.name, _safe(replica))
             else:
                 logger.warning(
@@ -240,8 +238,7 @@ class ReplicaSet:
                     _safe(replica),
                     problem,
                 )
-        replica.healthy = now_healthy
-        replica.problem = problem
+        replica.healthy = healthy
 
     def status(self) -> dict[str, dict[str, int]]:
         """Per replica: healthy (0/1), lag in ms (-1 unknown), reads routed to it."""
