@@ -15,7 +15,7 @@ Three parts, one run:
     rounds, median reported (:func:`bench.common.interleave`).
 
 (b) **HTTP**: ``GET /fridge`` with a session cookie of a visitor with 3 ingredients, through
-    ``examples.fridge`` (``bench/apps/fridge_ours_app.py``: our middleware, the fridge in
+    ``aegis_demo.fridge`` (``bench/apps/fridge_ours_app.py``: our middleware, the fridge in
     PostgreSQL child rows) and the same app on starsessions + Redis
     (``bench/apps/fridge_starsessions_app.py``: the fridge in the session data, names from
     PostgreSQL). 1,000 sessions per app are made through the apps' own
@@ -111,7 +111,7 @@ PG_SELECT = "asyncpg pool: session SELECT"
 OURS = "ours: SessionStore.get, touch every 5 min"
 OURS_TOUCH = "ours: SessionStore.get, touch every read"
 
-OURS_APP = "ours: examples.fridge (SessionMiddleware, PostgreSQL)"
+OURS_APP = "ours: aegis_demo.fridge (SessionMiddleware, PostgreSQL)"
 STARS_APP = "starsessions + Redis, SQLModel-style fridge"
 APPS = {
     OURS_APP: "bench.apps.fridge_ours_app:app",

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from aegis_demo.fridge.app import create_app
 from aegis_shared.web.asgi import ASGIApp, Message, Receive, Scope, Send
-from examples.fridge.app import create_app
 
 __all__ = ["with_worker_pid"]
 

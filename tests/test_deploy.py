@@ -26,8 +26,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from aegis_demo.fridge.app import prepare_database
 from aegis_shared.database import DatabaseManager
-from examples.fridge.app import prepare_database
 from tests import pgbouncer
 from tests.conftest import IN_CI
 from tests.processes import uvicorn

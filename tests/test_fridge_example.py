@@ -13,11 +13,11 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
+from aegis_demo.fridge.app import CATALOGUE, create_app
+from aegis_demo.fridge.models import FridgeBase, UserFridgeIngredient, UserFridgeSession
 from aegis_shared.database import DatabaseManager
 from aegis_shared.sessions import SessionStore
 from aegis_shared.testing import count_queries
-from examples.fridge.app import CATALOGUE, create_app
-from examples.fridge.models import FridgeBase, UserFridgeIngredient, UserFridgeSession
 from tests.conftest import MakeDb
 from tests.http import serve
 

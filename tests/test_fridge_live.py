@@ -34,7 +34,7 @@ ARRIVAL_TIMEOUT = 5.0
 
 @asynccontextmanager
 async def worker(db_url: URL, log: Path) -> AsyncIterator[str]:
-    """``uvicorn examples.fridge.app:app`` as its own process; yields its base URL."""
+    """``uvicorn aegis_demo.fridge.app:app`` as its own process; yields its base URL."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("DATABASE_")}
     env |= {
         "DATABASE_URL": db_url.render_as_string(hide_password=False),
@@ -42,7 +42,7 @@ async def worker(db_url: URL, log: Path) -> AsyncIterator[str]:
         "FRIDGE_ADMIN_TOKEN": "test-admin-token-0123456789",
     }
     async with uvicorn(
-        "examples.fridge.app:app", env=env, log=log, ready_path="/ingredients"
+        "aegis_demo.fridge.app:app", env=env, log=log, ready_path="/ingredients"
     ) as base:
         yield base
 

@@ -1,4 +1,4 @@
-"""Seed 003 as examples (examples/realtime/): its ``/chat/stream`` token stream stores the
+"""Seed 003 as examples (src/aegis_demo/realtime/): its ``/chat/stream`` token stream stores the
 answer when the stream ends, and what was sent when the client leaves mid-stream; its
 posts with comments load with ``selectinload``, and the lazy-load mistake raises our error.
 
@@ -15,10 +15,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from aegis_demo.realtime import app as realtime
+from aegis_demo.realtime.models import ChatAnswer, Comment, Post, RealtimeBase
 from aegis_shared.database import DatabaseManager
 from aegis_shared.errors.exceptions import RelationshipNotLoadedError
-from examples.realtime import app as realtime
-from examples.realtime.models import ChatAnswer, Comment, Post, RealtimeBase
 from tests.conftest import MakeDb
 from tests.http import serve
 

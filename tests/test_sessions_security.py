@@ -19,6 +19,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from aegis_demo.fridge.app import create_app
+from aegis_demo.fridge.models import FridgeBase
 from aegis_shared.config import Settings
 from aegis_shared.database import DatabaseManager
 from aegis_shared.models import NAMING_CONVENTION
@@ -31,8 +33,6 @@ from aegis_shared.sessions import (
 )
 from aegis_shared.testing import count_queries
 from aegis_shared.web import HttpSession, SessionMiddleware, current_session, install_error_handlers
-from examples.fridge.app import create_app
-from examples.fridge.models import FridgeBase
 from tests.conftest import MakeDb
 from tests.faults import fault_proxy
 from tests.http import serve

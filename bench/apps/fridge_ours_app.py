@@ -1,4 +1,4 @@
-"""Ours for the ``sessions`` scenario: the worked example ``examples.fridge.app`` as it is,
+"""Ours for the ``sessions`` scenario: the worked example ``aegis_demo.fridge.app`` as it is,
 on the benchmark database with a pool of 10. ``GET /fridge`` reads the session
 (``SessionMiddleware`` + ``current_session``: one SELECT, a touch at most every 5 minutes)
 and the fridge's child rows with their ingredients (``FridgeService``).
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from aegis_demo.fridge.app import create_app
 from aegis_shared.database import DatabaseManager
 from bench.common import FRIDGE_ADMIN_TOKEN, PG_URL
-from examples.fridge.app import create_app
 
 app = create_app(
     DatabaseManager(PG_URL, pool_size=10, max_overflow=0),

@@ -6,7 +6,7 @@
 ``{"ingredient_id", "added_at"}`` kept in the session data; the ingredients' names come from
 PostgreSQL the SQLModel way (a ``SQLModel`` table class, an ``async_sessionmaker``
 dependency, one ``SELECT ... WHERE id IN (...)``). ``GET /fridge`` answers with the same
-JSON as ``examples.fridge``.
+JSON as ``aegis_demo.fridge``.
 """
 
 from __future__ import annotations

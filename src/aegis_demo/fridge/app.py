@@ -2,7 +2,7 @@
 
 Run it on the embedded SQLite default (or set DATABASE_URL)::
 
-    SESSION_COOKIE_SECURE=false uvicorn examples.fridge.app:app
+    SESSION_COOKIE_SECURE=false uvicorn aegis_demo.fridge.app:app
 
 The session cookie is ``Secure`` (and named ``__Host-session``) by default, which a browser
 keeps only over https: ``SESSION_COOKIE_SECURE=false`` opts out for local plain http.
@@ -16,7 +16,8 @@ still sees its own changes at once (``ReadYourWritesMiddleware``).
 Events, also across worker processes: another tab sees an ingredient the moment its commit
 is done), ``POST /login`` and ``POST /logout`` rotate and end the
 session, and ``GET /admin/session-stats`` / ``POST /admin/cleanup-sessions`` are seed 002's
-monitoring and cleanup, behind the bearer token ``FRIDGE_ADMIN_TOKEN`` (examples/fridge/admin.py).
+monitoring and cleanup, behind the bearer token ``FRIDGE_ADMIN_TOKEN``
+(src/aegis_demo/fridge/admin.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 
+from aegis_demo.fridge.admin import AdminSettings, CleanupJobs, admin_router
+from aegis_demo.fridge.models import FridgeBase, UserFridgeIngredient, UserFridgeSession
+from aegis_demo.fridge.service import FridgeService, FridgeUnitOfWork, fridge_channel
 from aegis_shared.config import Settings
 from aegis_shared.database import DatabaseManager, configure_database
 from aegis_shared.events import EventHub, create_event_tables, sweep_events
@@ -43,9 +47,6 @@ from aegis_shared.web import (
     install_error_handlers,
 )
 from aegis_shared.web.events import event_stream, last_event_id
-from examples.fridge.admin import AdminSettings, CleanupJobs, admin_router
-from examples.fridge.models import FridgeBase, UserFridgeIngredient, UserFridgeSession
-from examples.fridge.service import FridgeService, FridgeUnitOfWork, fridge_channel
 
 __all__ = ["CATALOGUE", "create_app"]
 
@@ -275,7 +276,7 @@ def create_app(
 
 
 def __getattr__(name: str) -> Any:
-    # ``uvicorn examples.fridge.app:app`` builds the app on first access, not on import.
+    # ``uvicorn aegis_demo.fridge.app:app`` builds the app on first access, not on import.
     if name == "app":
         return create_app()
     raise AttributeError(name)

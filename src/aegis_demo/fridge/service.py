@@ -20,10 +20,10 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from aegis_demo.fridge.models import Ingredient, UserFridgeIngredient
 from aegis_shared.database import BaseRepository, UnitOfWork, with_db_retry
 from aegis_shared.events import publish
 from aegis_shared.models import utcnow
-from examples.fridge.models import Ingredient, UserFridgeIngredient
 
 __all__ = [
     "FridgeRepository",

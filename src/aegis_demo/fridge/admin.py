@@ -28,7 +28,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aegis_shared.sessions import SessionStore
 
-logger = logging.getLogger("examples.fridge.admin")
+logger = logging.getLogger("aegis_demo.fridge.admin")
 
 #: Finished jobs kept for their status pages; older ones are forgotten.
 KEPT_JOBS = 20

@@ -28,10 +28,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from aegis_demo.realtime.models import ChatAnswerRepository, Post
 from aegis_shared.database import BackgroundUnitOfWork, get_session
 from aegis_shared.errors.exceptions import EntityNotFoundError
 from aegis_shared.web.errors import install_error_handlers
-from examples.realtime.models import ChatAnswerRepository, Post
 
 #: The seed's dependency name for the request's session.
 get_async_db = get_session
