@@ -27,13 +27,15 @@ from alembic.util import CommandError
 from rich.logging import RichHandler
 from rich.table import Table
 
-from aegis_shared.cli.output import JsonOption, Output, fail, failures, import_path
+from aegis_shared.cli.output import JsonOption, Output, fail, failures, import_path, one_line
 from aegis_shared.errors.redaction import mask_url
 from aegis_shared.migrations import DDL_LOCK_TIMEOUT_ATTRIBUTE, migration_url
 from aegis_shared.migrations.lock import DEFAULT_LOCK_TIMEOUT, migration_lock
 
 app = typer.Typer(help="Migrations: Alembic on the project's environment.", no_args_is_help=True)
 
+#: How the servers say a statement gave up waiting for a lock (PostgreSQL, MariaDB).
+_LOCK_TIMEOUTS = ("due to lock timeout", "lock wait timeout exceeded")
 #: Seconds a DDL statement may wait for its table lock, unless --ddl-lock-timeout says.
 DEFAULT_DDL_LOCK_TIMEOUT = 10.0
 
@@ -128,11 +130,21 @@ async def _migrate(
     if ddl_lock_timeout > 0:
         config.attributes[DDL_LOCK_TIMEOUT_ATTRIBUTE] = ddl_lock_timeout
     url, _, _ = migration_url(config)
-    async with migration_lock(url, timeout=lock_timeout):
+    async with migration_lock(url, wait=lock_timeout):
         # Alembic runs env.py, which runs its own event loop: in a thread of its own.
         before = await asyncio.to_thread(current_heads, config)
         step = command.upgrade if action == "upgrade" else command.downgrade
-        await asyncio.to_thread(step, config, revision)
+        try:
+            await asyncio.to_thread(step, config, revision)
+        except Exception as exc:
+            line = one_line(exc)
+            if ddl_lock_timeout > 0 and any(s in line.lower() for s in _LOCK_TIMEOUTS):
+                fail(
+                    f"{line}: a migration statement waited more than {ddl_lock_timeout:g} s "
+                    "for a table lock that another transaction holds; run it again when "
+                    "that transaction ends, or raise --ddl-lock-timeout"
+                )
+            raise
         after = await asyncio.to_thread(current_heads, config)
     return {
         "ok": True,
@@ -170,9 +182,7 @@ def upgrade(
     with failures(output):
         cfg = _config(config)
         with _alembic_output(output):
-            result = asyncio.run(
-                _migrate(cfg, "upgrade", revision, lock_timeout, ddl_lock_timeout)
-            )
+            result = asyncio.run(_migrate(cfg, "upgrade", revision, lock_timeout, ddl_lock_timeout))
         _report_migration(output, result)
 
 

@@ -384,4 +384,3 @@ def doctor(
             names = ", ".join(f.check for f in failed)
             print(f"aegis: doctor found {len(failed)} failing check(s): {names}", file=sys.stderr)
             raise typer.Exit(1)
-

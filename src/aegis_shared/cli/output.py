@@ -24,6 +24,7 @@ from sqlalchemy.exc import StatementError
 
 from aegis_shared.config import Settings
 from aegis_shared.database import DatabaseManager, configure_database, reset_database
+from aegis_shared.database.registry import peek_database
 from aegis_shared.errors.exceptions import DatabaseError
 from aegis_shared.errors.redaction import MASK, mask_urls, parse_url
 
@@ -134,11 +135,14 @@ async def database(settings: Settings, **overrides: Any) -> AsyncIterator[Databa
     """A manager built from ``settings`` and made the default (``provide_services`` and
     ``get_database`` find it) for the block; closed at the end."""
     db = DatabaseManager.from_settings(settings, **overrides)
+    previous = peek_database()  # a host process's own default (tests run commands inside)
     configure_database(db)
     try:
         yield db
     finally:
         reset_database()
+        if previous is not None:
+            configure_database(previous)
         await db.close()
 
 

@@ -43,8 +43,7 @@ ModelOption = Annotated[
         "--model",
         "-m",
         envvar=MODEL_VARIABLE,
-        help="The session model as module:Class, e.g. "
-        "aegis_demo.fridge.models:UserFridgeSession.",
+        help="The session model as module:Class, e.g. aegis_demo.fridge.models:UserFridgeSession.",
         show_envvar=True,
     ),
 ]

@@ -4,7 +4,7 @@ Two deploys that start at once would otherwise both read "not at head" from
 ``alembic_version`` and both run the same migration; the second then fails half-way (a
 table that exists already) or, worse, applies a data migration twice. So whoever
 migrates first takes a lock that outlives transactions, and the other waits for it, up
-to ``timeout`` seconds, before it even reads ``alembic_version``:
+to a bounded number of seconds, before it even reads ``alembic_version``:
 
 * PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``, tried every
   :data:`POLL_INTERVAL` seconds until the bound) on a connection of its own to the direct
@@ -77,9 +77,9 @@ def sqlite_lock_path(url: URL) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def _postgresql_lock(db: DatabaseManager, timeout: float) -> AsyncIterator[None]:
+async def _postgresql_lock(db: DatabaseManager, wait: float) -> AsyncIterator[None]:
     async with db.engine.connect() as conn:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait
         while True:
             taken = await conn.scalar(
                 text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
@@ -90,7 +90,7 @@ async def _postgresql_lock(db: DatabaseManager, timeout: float) -> AsyncIterator
             if taken:
                 break
             if time.monotonic() >= deadline:
-                raise _timed_out(timeout, f"PostgreSQL advisory lock {MIGRATION_LOCK_KEY}")
+                raise _timed_out(wait, f"PostgreSQL advisory lock {MIGRATION_LOCK_KEY}")
             await asyncio.sleep(POLL_INTERVAL)
         try:
             yield
@@ -103,15 +103,15 @@ async def _postgresql_lock(db: DatabaseManager, timeout: float) -> AsyncIterator
 
 
 @contextlib.asynccontextmanager
-async def _mariadb_lock(db: DatabaseManager, timeout: float) -> AsyncIterator[None]:
+async def _mariadb_lock(db: DatabaseManager, wait: float) -> AsyncIterator[None]:
     name = mariadb_lock_name(db.url)
     async with db.engine.connect() as conn:
         taken = await conn.scalar(
-            text("SELECT GET_LOCK(:name, :timeout)"), {"name": name, "timeout": timeout}
+            text("SELECT GET_LOCK(:name, :timeout)"), {"name": name, "timeout": wait}
         )
         await conn.commit()
         if taken != 1:
-            raise _timed_out(timeout, f"MariaDB GET_LOCK {name!r}")
+            raise _timed_out(wait, f"MariaDB GET_LOCK {name!r}")
         try:
             yield
         finally:
@@ -121,21 +121,21 @@ async def _mariadb_lock(db: DatabaseManager, timeout: float) -> AsyncIterator[No
 
 
 @contextlib.asynccontextmanager
-async def _sqlite_lock(url: URL, timeout: float) -> AsyncIterator[None]:
+async def _sqlite_lock(url: URL, wait: float) -> AsyncIterator[None]:
     if is_sqlite_memory(url) or fcntl is None:
         yield
         return
     path = sqlite_lock_path(url)
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait
         while True:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise _timed_out(timeout, f"the file {path.name}") from None
+                    raise _timed_out(wait, f"the file {path.name}") from None
                 await asyncio.sleep(POLL_INTERVAL)
         try:
             yield
@@ -147,20 +147,20 @@ async def _sqlite_lock(url: URL, timeout: float) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def migration_lock(
-    url: str | URL, *, timeout: float = DEFAULT_LOCK_TIMEOUT, connect_timeout: float = 10.0
+    url: str | URL, *, wait: float = DEFAULT_LOCK_TIMEOUT, connect_timeout: float = 10.0
 ) -> AsyncIterator[None]:
     """Hold the migration lock of ``url``'s database for the block (see the module doc).
 
     ``url`` should reach the server directly, not through a transaction pooler. Raises
-    :class:`MigrationLockTimeoutError` when another holder keeps it past ``timeout``
+    :class:`MigrationLockTimeoutError` when another holder keeps it past ``wait``
     seconds, and the library's connection errors when the server cannot be reached.
     """
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+    if wait < 0:
+        raise ValueError(f"wait must be >= 0 seconds, got {wait!r}")
     parsed = normalize_url(url, "the migration lock's URL")
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        async with _sqlite_lock(parsed, timeout):
+        async with _sqlite_lock(parsed, wait):
             yield
         return
     options: dict[str, Any] = {
@@ -173,11 +173,11 @@ async def migration_lock(
     }
     if backend == "mysql":
         # GET_LOCK waits on the server: the client must wait a little longer for it.
-        options["command_timeout"] = timeout + 10.0
+        options["command_timeout"] = wait + 10.0
     db = DatabaseManager(parsed, **options)
     try:
         lock = _postgresql_lock if backend == "postgresql" else _mariadb_lock
-        async with lock(db, timeout):
+        async with lock(db, wait):
             yield
     finally:
         await db.close()
