@@ -16,7 +16,7 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from aegis_shared.cli.output import JsonOption, Output, database, failures, load_settings
+from aegis_shared.cli.output import JsonOption, Output, counted, database, failures, load_settings
 from aegis_shared.database import provide_services
 from aegis_shared.events import RetentionPolicy, trim_events
 from aegis_shared.events.stats import ChannelStats, EventLogStats
@@ -156,4 +156,7 @@ def trim(
         if not policy.enabled:
             output.out.print("retention is off (no age and no count limit): nothing trimmed")
             return
-        output.out.print(f"removed {removed} events in {batches} batches, {seconds:.2f} s")
+        output.out.print(
+            f"removed {counted(removed, 'event', 'events')} in "
+            f"{counted(batches, 'batch', 'batches')}, {seconds:.2f} s"
+        )

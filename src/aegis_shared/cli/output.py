@@ -96,6 +96,11 @@ def one_line(exc: BaseException, settings: Settings | None = None) -> str:
     return text or type(exc).__name__
 
 
+def counted(number: int, one: str, many: str) -> str:
+    """``1 batch``, ``2 batches``: a count with its noun."""
+    return f"{number} {one if number == 1 else many}"
+
+
 def fail(message: str) -> NoReturn:
     """Stop the command with ``message`` as its one-line reason."""
     raise CommandFailed(message)
@@ -158,6 +163,7 @@ __all__ = [
     "CommandFailed",
     "JsonOption",
     "Output",
+    "counted",
     "database",
     "fail",
     "failures",

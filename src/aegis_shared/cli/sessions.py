@@ -20,6 +20,7 @@ from rich.table import Table
 from aegis_shared.cli.output import (
     JsonOption,
     Output,
+    counted,
     database,
     fail,
     failures,
@@ -171,5 +172,6 @@ def cleanup(
             output.document(result)
             return
         output.out.print(
-            f"removed {removed} expired sessions in {batches} batches, {seconds:.2f} s"
+            f"removed {counted(removed, 'expired session', 'expired sessions')} in "
+            f"{counted(batches, 'batch', 'batches')}, {seconds:.2f} s"
         )
