@@ -335,3 +335,15 @@ def test_db_failures_are_one_line(tmp_path: Path) -> None:
     line = one_line(unknown)
     assert "Can't locate revision identified by 'nope'" in line
     assert document(unknown) == {"ok": False, "error": line}
+
+
+def test_upgrade_refuses_to_lock_through_pgbouncer(tmp_path: Path) -> None:
+    ini = make_project(tmp_path)
+    result = invoke(
+        ["db", "upgrade", "--config", str(ini)],
+        DATABASE_URL=f"postgresql://app:{SECRET}@127.0.0.1:{free_port()}/app",
+        DATABASE_PGBOUNCER="true",
+    )
+    line = one_line(result)
+    assert "set DATABASE_DIRECT_URL to the server itself" in line
+    assert SECRET not in result.stdout + result.stderr

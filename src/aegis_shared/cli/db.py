@@ -28,6 +28,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from aegis_shared.cli.output import JsonOption, Output, fail, failures, import_path, one_line
+from aegis_shared.config import Settings
 from aegis_shared.errors.redaction import mask_url
 from aegis_shared.migrations import DDL_LOCK_TIMEOUT_ATTRIBUTE, migration_url
 from aegis_shared.migrations.lock import DEFAULT_LOCK_TIMEOUT, migration_lock
@@ -129,7 +130,14 @@ async def _migrate(
 ) -> dict[str, Any]:
     if ddl_lock_timeout > 0:
         config.attributes[DDL_LOCK_TIMEOUT_ATTRIBUTE] = ddl_lock_timeout
-    url, _, _ = migration_url(config)
+    url, where, _ = migration_url(config)
+    if "DATABASE_URL" in where and Settings().database_pgbouncer:
+        # A session-level lock through a transaction pooler would be taken on whichever
+        # server connection the pooler lent, and stay there for its next client.
+        fail(
+            "DATABASE_PGBOUNCER=true: DATABASE_URL is a transaction pooler, where the "
+            "migration lock cannot be held; set DATABASE_DIRECT_URL to the server itself"
+        )
     async with migration_lock(url, wait=lock_timeout):
         # Alembic runs env.py, which runs its own event loop: in a thread of its own.
         before = await asyncio.to_thread(current_heads, config)
