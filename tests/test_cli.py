@@ -108,7 +108,7 @@ async def test_sessions_stats_and_batched_cleanup(make_db: MakeDb, db_url: URL) 
     await _sessions(db, expired=1, active=0)
     shown = await ainvoke(["sessions", "cleanup"], **env)
     assert shown.exit_code == 0, shown.stderr
-    assert "removed 1 expired sessions in" in shown.stdout
+    assert "removed 1 expired session in" in shown.stdout
     table = await ainvoke(["sessions", "stats"], **env)
     assert "active" in table.stdout and "user_fridge_sessions" in table.stdout
 
