@@ -74,7 +74,8 @@ current_request_session: ContextVar[RequestSession | None] = ContextVar(
 
 
 def request_session_of(connection: Any) -> RequestSession:
-    """The :class:`RequestSession` of a Starlette ``Request``/``WebSocket`` (or raw scope)."""
+    """The :class:`RequestSession` of a connection: a Starlette or Litestar ``Request`` /
+    ``WebSocket`` / ``ASGIConnection``, or a raw ASGI scope."""
     scope = getattr(connection, "scope", connection)
     state = scope.get("state") if isinstance(scope, dict) else None
     holder = state.get(STATE_KEY) if isinstance(state, dict) else None
@@ -84,6 +85,7 @@ def request_session_of(connection: Any) -> RequestSession:
         raise RuntimeError(
             "This connection has no request-scoped database session. Add "
             "aegis_shared.web.DatabaseSessionMiddleware to the app "
-            "(app.add_middleware(DatabaseSessionMiddleware)), or pass session= instead."
+            "(app.add_middleware(DatabaseSessionMiddleware); on Litestar "
+            "plugins=[aegis_shared.litestar.AegisPlugin()]), or pass session= instead."
         )
     return holder

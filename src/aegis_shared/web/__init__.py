@@ -3,8 +3,9 @@ CSRF defence, read-your-writes across requests, error handlers and Server-Sent E
 from the event log.
 
 Needs the ``fastapi`` extra (``pip install aegis-shared[fastapi]``) for the error handlers,
-the session cookie and the SSE helpers; the database session middleware and the CSRF
-defence are plain ASGI.
+``current_session`` and the SSE helpers; the database session middleware, the session
+cookie middleware and the CSRF defence are plain ASGI (Litestar uses them too, see
+:mod:`aegis_shared.litestar`).
 """
 
 from typing import TYPE_CHECKING
@@ -19,11 +20,12 @@ from aegis_shared.web.csrf import (
 )
 from aegis_shared.web.middleware import DatabaseSessionMiddleware
 from aegis_shared.web.read_your_writes import ReadYourWritesMiddleware
+from aegis_shared.web.session_cookie import HttpSession, SessionMiddleware
 
 if TYPE_CHECKING:
     from aegis_shared.web.errors import install_error_handlers
     from aegis_shared.web.events import event_stream, last_event_id
-    from aegis_shared.web.sessions import HttpSession, SessionMiddleware, current_session
+    from aegis_shared.web.sessions import current_session
 
 __all__ = [
     "CSRFMiddleware",
@@ -44,8 +46,6 @@ __all__ = [
 
 _NEEDS_STARLETTE = {
     "install_error_handlers": "aegis_shared.web.errors",
-    "HttpSession": "aegis_shared.web.sessions",
-    "SessionMiddleware": "aegis_shared.web.sessions",
     "current_session": "aegis_shared.web.sessions",
     "event_stream": "aegis_shared.web.events",
     "last_event_id": "aegis_shared.web.events",

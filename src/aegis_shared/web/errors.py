@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import Table
 from sqlalchemy import exc as sa_exc
@@ -339,6 +339,53 @@ def _validated(statuses: Mapping[Any, Any] | None) -> dict[type[DatabaseError], 
     return checked
 
 
+class ErrorAnswer(NamedTuple):
+    """What an exception handler sends for a :class:`DatabaseError`, on any framework."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+def status_table(
+    statuses: Mapping[type[DatabaseError], int] | None = None,
+    *,
+    expose_details: bool = False,
+    caller: str = "install_error_handlers",
+) -> dict[type[DatabaseError], int]:
+    """The statuses an app's handlers answer with: ``statuses`` checked (keys
+    ``DatabaseError`` subclasses, else ``TypeError``; statuses 400-599, else ``ValueError``)
+    and merged over :data:`STATUS_BY_ERROR`. Warns once, naming ``caller``, when
+    ``expose_details`` is on."""
+    table = {**_DEFAULT_STATUSES, **_validated(statuses)}
+    if expose_details:
+        logger.warning(
+            "%s(expose_details=True): error bodies include the database's messages; "
+            "never use this in production",
+            caller,
+        )
+    return table
+
+
+def error_answer(
+    error: DatabaseError,
+    where: str,
+    *,
+    statuses: Mapping[type[DatabaseError], int],
+    expose_details: bool = False,
+) -> ErrorAnswer:
+    """The status, safe body and headers for ``error`` (``statuses``: a table from
+    :func:`status_table`), after logging what the client is not told under ``where``
+    (``"POST /users"``). A 503 carries ``Retry-After: 1`` except after a lost COMMIT."""
+    status = status_for(error, statuses=statuses)
+    code = error_code(error)
+    _log_error(error, status, code, where)
+    # Not after a lost COMMIT: the client must check what was saved before retrying.
+    retry = status == 503 and code != "outcome_unknown"
+    headers = {"Retry-After": "1"} if retry else {}
+    return ErrorAnswer(status, error_body(error, expose_details=expose_details), headers)
+
+
 def install_error_handlers(
     app: Starlette,
     *,
@@ -380,24 +427,19 @@ def install_error_handlers(
     On a FastAPI app the OpenAPI schema gains the ``DatabaseErrorBody`` component and a
     response for each of these statuses on every operation, routes added later included.
     """
-    table = {**_DEFAULT_STATUSES, **_validated(statuses)}
-    if expose_details:
-        logger.warning(
-            "install_error_handlers(expose_details=True): error bodies include the "
-            "database's messages; never use this in production"
-        )
+    table = status_table(statuses, expose_details=expose_details, caller="install_error_handlers")
 
     async def handle(request: Request, exc: Exception) -> Response:
         from starlette.responses import JSONResponse
 
         assert isinstance(exc, DatabaseError)
-        status = status_for(exc, statuses=table)
-        code = error_code(exc)
-        _log_error(exc, status, code, f"{request.method} {request.url.path}")
-        # Not after a lost COMMIT: the client must check what was saved before retrying.
-        retry = status == 503 and code != "outcome_unknown"
-        headers = {"Retry-After": "1"} if retry else None
-        return JSONResponse(error_body(exc, expose_details=expose_details), status, headers)
+        answer = error_answer(
+            exc,
+            f"{request.method} {request.url.path}",
+            statuses=table,
+            expose_details=expose_details,
+        )
+        return JSONResponse(answer.body, answer.status, answer.headers or None)
 
     app.add_exception_handler(DatabaseError, handle)
     if callable(getattr(app, "openapi", None)):
@@ -508,10 +550,13 @@ __all__ = [
     "STATUS_BY_ERROR",
     "WEB_CODES",
     "DocumentedError",
+    "ErrorAnswer",
+    "error_answer",
     "error_body",
     "error_code",
     "install_error_handlers",
     "send_error",
     "status_for",
+    "status_table",
     "unique_fields",
 ]

@@ -26,15 +26,15 @@ connection goes back as the stream starts; per-event reads open their own short 
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Annotated
 
 from fastapi import Header, HTTPException
 from fastapi.sse import ServerSentEvent
 
-from aegis_shared.events import Event, EventHub, Trimmed, check_channel
-from aegis_shared.events.reading import check_position
+from aegis_shared.events import EventHub
+from aegis_shared.web.event_messages import EventMessage, event_messages, parse_last_event_id
 
 
 def last_event_id(
@@ -47,16 +47,10 @@ def last_event_id(
     malformed header can still be answered with 400 (inside a streaming endpoint the
     status is already 200).
     """
-    if last_event_id is None or not last_event_id.strip():
-        return None
     try:
-        return check_position(int(last_event_id.strip()))
-    except ValueError:
-        raise HTTPException(
-            status_code=400,
-            detail="Last-Event-ID must be the id of an event of this stream (an integer >= 0); "
-            "reconnect without it to follow new events only",
-        ) from None
+        return parse_last_event_id(last_event_id)
+    except ValueError as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from None
 
 
 def event_stream(
@@ -73,29 +67,24 @@ def event_stream(
 
     Raises ``ValueError`` at once (not at the first event) for a bad channel or ``after``.
     """
-    check_channel(channel)
-    if after is not None:
-        check_position(after)
-    return _messages(hub, channel, after)
+    return _fastapi_messages(event_messages(hub, channel, after=after))
 
 
-async def _messages(
-    hub: EventHub, channel: str, after: int | None
+def _fastapi_message(message: EventMessage) -> ServerSentEvent:
+    if message.data is None:
+        return ServerSentEvent(comment=message.comment)
+    # raw_data: the JSON text as it is (data= would encode it again). model_construct:
+    # compact JSON has no line break and a position is digits, which is all the
+    # validation would check.
+    return ServerSentEvent.model_construct(
+        raw_data=message.data, id=message.id, event=message.event
+    )
+
+
+async def _fastapi_messages(
+    messages: AsyncGenerator[EventMessage, None],
 ) -> AsyncIterator[ServerSentEvent]:
-    async with hub.subscribe(channel, after=after) as events:
-        async for item in events:
-            if isinstance(item, Event):
-                # raw_data: the JSON text as published (a published None stays "null";
-                # data=None would send an event with no data field at all), encoded once
-                # for every subscriber. model_construct: compact JSON has no line break and
-                # a position is digits, which is all the validation would check.
-                text = item.text or json.dumps(item.data, ensure_ascii=False, separators=(",", ":"))
-                yield ServerSentEvent.model_construct(raw_data=text, id=str(item.position))
-            elif isinstance(item, Trimmed):
-                yield ServerSentEvent(
-                    event="resync",
-                    data={"after": item.after, "resume_after": item.resume_after},
-                    id=str(item.resume_after),
-                )
-            else:
-                yield ServerSentEvent(comment=f"resync after {item.after}")
+    # aclosing: closing this stream (the client went away) ends the subscription at once.
+    async with aclosing(messages) as stream:
+        async for message in stream:
+            yield _fastapi_message(message)
