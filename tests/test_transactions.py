@@ -22,9 +22,11 @@ from aegis_shared.database import (
 )
 from aegis_shared.errors.exceptions import (
     DuplicateEntityError,
+    ForeignKeyViolationError,
     RelationshipNotLoadedError,
     UnitOfWorkStateError,
 )
+from tests.deferred_models import Book, DeferredBase, Shelf
 from tests.models import (
     Account,
     AccountRepository,
@@ -535,3 +537,20 @@ async def test_awaitable_attrs_loads_the_relationship(db: DatabaseManager) -> No
         assert [c.body for c in comments] == ["first", "second"]
         # Loaded now: plain access works.
         assert len(post.comments) == 2
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+async def test_a_commit_refused_by_a_deferred_constraint_leaves_the_pool_clean(
+    make_db: Any,
+) -> None:
+    # SQLite keeps its transaction open after such a COMMIT while SQLAlchemy counts it as
+    # ended: the pooled connection must still be rolled back before its next user.
+    db = await make_db(DeferredBase.metadata, pool_size=1, max_overflow=0)
+    with pytest.raises(ForeignKeyViolationError):
+        async with db.session() as session:
+            session.add(Book(shelf_id=999))
+    async with db.session() as session:
+        session.add(Shelf(id=1))
+        session.add(Book(shelf_id=1))
+    async with db.session() as session:
+        assert await session.scalar(select(func.count()).select_from(Book)) == 1

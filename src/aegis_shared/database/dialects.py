@@ -366,7 +366,12 @@ class SQLiteProfile(DialectProfile):
         def _reset_if_needed(
             dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState
         ) -> None:
-            if state.terminate_only or state.transaction_was_reset or not state.asyncio_safe:
+            # Not skipped when SQLAlchemy reports the transaction reset: a COMMIT that a
+            # deferred constraint refused leaves SQLite's transaction open, while SQLAlchemy
+            # counts it as ended, and the connection would go back to the pool inside it
+            # (the next BEGIN: "cannot start a transaction within a transaction").
+            # in_transaction asks SQLite directly, with no trip through aiosqlite's thread.
+            if state.terminate_only or not state.asyncio_safe:
                 return
             if dbapi_connection.driver_connection.in_transaction:
                 dbapi_connection.rollback()
