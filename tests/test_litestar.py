@@ -8,6 +8,8 @@ boundary answering 500, never the handler's 2xx."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +46,7 @@ from tests.seed004 import (
     provide_users_service,
 )
 
-pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+on_sqlite_and_postgres = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
 
 # -- seed 004's guard, as it now reads ---------------------------------------------------
@@ -191,10 +193,34 @@ async def run_cleanup() -> dict[str, int]:
     return await cleanup_auth_tokens(None)
 
 
+@get("/misuse", exclude_from_auth=True)
+async def misuse(request: Request[Any, Any, Any], db_session: AsyncSession) -> list[str]:
+    """Seed 004's errors, raised before any session is touched."""
+    messages = []
+    for call in (
+        lambda: provide_services(),
+        lambda: provide_services(provide_users_service, session=db_session, connection=request),
+    ):
+        try:
+            call()
+        except ValueError as exc:
+            messages.append(str(exc))
+    return messages
+
+
+@get("/no-plugin")
+async def no_plugin(request: Request[Any, Any, Any]) -> str:
+    try:
+        async with provide_services(provide_users_service, connection=request):
+            return "served"
+    except RuntimeError as exc:
+        return str(exc)
+
+
 def make_app(db: DatabaseManager | None = None, **plugin: Any) -> Litestar:
     plugin.setdefault("close_on_shutdown", False)
     return Litestar(
-        route_handlers=[me, create_user, refused, read_user, add_book, killed, run_cleanup],
+        route_handlers=[me, create_user, refused, read_user, add_book, killed, run_cleanup, misuse],
         dependencies={"users": Provide(provide_users_service)},
         middleware=[DefineMiddleware(BearerAuth, exclude_from_auth_key="exclude_from_auth")],
         plugins=[AegisPlugin(db, **plugin)],
@@ -210,6 +236,7 @@ async def count(db: DatabaseManager, model: Any) -> int:
 # -- tests -------------------------------------------------------------------------------
 
 
+@on_sqlite_and_postgres
 async def test_one_session_per_request_for_middleware_guard_dependencies_and_handler(
     db: DatabaseManager,
 ) -> None:
@@ -237,6 +264,7 @@ async def test_one_session_per_request_for_middleware_guard_dependencies_and_han
     assert db.pool_status()["main"]["checked_out"] == 0
 
 
+@on_sqlite_and_postgres
 async def test_three_session_sources_and_their_lifecycles(db: DatabaseManager) -> None:
     async with (
         serve(make_app(db), lifespan="on") as base,
@@ -255,6 +283,7 @@ async def test_three_session_sources_and_their_lifecycles(db: DatabaseManager) -
     assert db.pool_status()["main"]["checked_out"] == 0
 
 
+@on_sqlite_and_postgres
 async def test_seed_004_job_runs_standalone_in_and_out_of_a_request(db: DatabaseManager) -> None:
     async with db.session() as session:
         for path in ("/verify", "/reset", "/refresh", "/refresh", "/x", "/verify", "/refresh"):
@@ -272,6 +301,7 @@ async def test_seed_004_job_runs_standalone_in_and_out_of_a_request(db: Database
         assert list((await session.scalars(select(UserAccessLog.path))).all()) == ["/x"]
 
 
+@on_sqlite_and_postgres
 async def test_error_handlers_answer_safe_bodies(db: DatabaseManager) -> None:
     async with (
         serve(make_app(db), lifespan="on") as base,
@@ -292,6 +322,7 @@ async def test_error_handlers_answer_safe_bodies(db: DatabaseManager) -> None:
     assert await count(db, AppUser) == 1
 
 
+@on_sqlite_and_postgres
 async def test_a_commit_that_fails_at_the_request_boundary_is_a_500_with_a_safe_body(
     make_db: MakeDb, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -319,6 +350,7 @@ async def test_a_commit_that_fails_at_the_request_boundary_is_a_500_with_a_safe_
     assert db.pool_status()["main"]["checked_out"] == 0
 
 
+@on_sqlite_and_postgres
 async def test_a_connection_killed_before_the_commit_is_a_5xx_and_saves_nothing(
     db: DatabaseManager, backend: str
 ) -> None:
@@ -341,6 +373,7 @@ async def test_a_connection_killed_before_the_commit_is_a_5xx_and_saves_nothing(
     assert db.pool_status()["main"]["checked_out"] == 0
 
 
+@on_sqlite_and_postgres
 async def test_lifespan_configures_from_settings_and_closes_on_shutdown(
     make_db: MakeDb, db_url: URL
 ) -> None:
@@ -358,6 +391,43 @@ async def test_lifespan_configures_from_settings_and_closes_on_shutdown(
     assert db.closed
 
 
+@on_sqlite_and_postgres
+async def test_provide_services_keeps_seed_004_errors_and_needs_the_plugin(
+    db: DatabaseManager,
+) -> None:
+    bare = Litestar(route_handlers=[no_plugin], logging_config=None)
+    async with (
+        serve(make_app(db), lifespan="on") as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        response = await client.get("/misuse")
+    async with serve(bare) as base, httpx.AsyncClient(base_url=base) as client:
+        without = await client.get("/no-plugin")
+    assert response.json() == [
+        "At least one service provider is required",
+        "Cannot provide both 'session' and 'connection' - choose one",
+    ]
+    assert "no request-scoped database session" in without.text
+    assert "AegisPlugin()" in without.text
+    assert db.pool_status()["main"]["checked_out"] == 0
+
+
+@on_sqlite_and_postgres
 async def test_plugin_refuses_db_and_settings_together(db: DatabaseManager) -> None:
     with pytest.raises(ValueError, match="not both"):
         AegisPlugin(db, settings=Settings())
+
+
+def test_the_litestar_package_needs_neither_starlette_nor_fastapi() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['starlette'] = sys.modules['fastapi'] = None  # importing them fails\n"
+        "import aegis_shared.litestar, aegis_shared.litestar.plugin\n"
+        "from aegis_shared.web import HttpSession, SessionMiddleware\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
