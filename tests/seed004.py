@@ -1,10 +1,12 @@
-"""Seed 004's services, providers and job (``cleanup_auth_tokens``) rewritten with
-``provide_services``, on the suite's models: shared by the FastAPI tests
-(test_seed_examples.py) and the Litestar ones (test_litestar.py)."""
+"""Seed 004's services, providers, guard (``current_user_from_token``) and job
+(``cleanup_auth_tokens``) rewritten with ``provide_services``, on the suite's models:
+shared by the FastAPI tests (test_seed_examples.py) and the Litestar ones
+(test_litestar*.py)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -99,3 +101,18 @@ async def cleanup_auth_tokens(_: Any) -> dict[str, int]:
         "reset": reset_count,
         "refresh": refresh_count,
     }
+
+
+@dataclass
+class Token:
+    """Stands in for the seed's decoded JWT (``litestar.security.jwt.Token``)."""
+
+    sub: str
+
+
+# guards.py, with provide_services and the request's session (``connection``: a Litestar
+# ASGIConnection or a Starlette Request)
+async def current_user_from_token(token: Any, connection: Any) -> AppUser | None:
+    async with provide_services(provide_users_service, connection=connection) as (service,):
+        user = await service.get_one_or_none(email=token.sub)
+    return user if user and not user.is_deleted else None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -40,8 +39,10 @@ from tests.http import serve
 from tests.models import Base, UserAccessLog, UserRepository
 from tests.models import User as AppUser
 from tests.seed004 import (
+    Token,
     UsersService,
     cleanup_auth_tokens,
+    current_user_from_token,
     provide_roles_service,
     provide_users_service,
 )
@@ -49,21 +50,7 @@ from tests.seed004 import (
 on_sqlite_and_postgres = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
 
-# -- seed 004's guard, as it now reads ---------------------------------------------------
-
-
-@dataclass
-class Token:
-    sub: str
-
-
-# guards.py, with provide_services and the request's session
-async def current_user_from_token(
-    token: Token, connection: ASGIConnection[Any, Any, Any, Any]
-) -> AppUser | None:
-    async with provide_services(provide_users_service, connection=connection) as (service,):
-        user = await service.get_one_or_none(email=token.sub)
-    return user if user and not user.is_deleted else None
+# -- seed 004's guard (tests/seed004.py) in an authentication middleware ----------------
 
 
 class BearerAuth(AbstractAuthenticationMiddleware):

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indire
 def make_app(db: DatabaseManager, hub: EventHub) -> Litestar:
     @get(
         "/events/{channel:str}",
-        dependencies={"after": Provide(last_event_id, sync_to_thread=False)},
+        dependencies={"after": Provide(last_event_id)},
     )
     async def events(channel: str, after: int | None) -> ServerSentEvent:
         return event_stream(hub, channel, after=after)

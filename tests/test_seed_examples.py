@@ -64,6 +64,7 @@ from tests.seed004 import (
     RolesService,
     UsersService,
     cleanup_auth_tokens,
+    current_user_from_token,
     provide_roles_service,
     provide_users_service,
 )
@@ -1034,13 +1035,6 @@ async def _create_default_roles(email: str) -> None:
         assert user is not None
         await roles_service.create(user, "admin")
         await roles_service.create(user, "member")
-
-
-# guards.py, with provide_services and the request's session
-async def current_user_from_token(token: Any, connection: Request) -> AppUser | None:
-    async with provide_services(provide_users_service, connection=connection) as (service,):
-        user = await service.get_one_or_none(email=token.sub)
-    return user if user and not user.is_deleted else None
 
 
 @on_sqlite_and_postgres

@@ -31,12 +31,13 @@ from aegis_shared.events import EventHub
 from aegis_shared.web.event_messages import EventMessage, event_messages, parse_last_event_id
 
 
-def last_event_id(
+async def last_event_id(
     last_event_id: str | None = Parameter(header="Last-Event-ID", default=None),
 ) -> int | None:
     """Litestar dependency: the position a reconnecting ``EventSource`` resumes after (its
     ``Last-Event-ID`` header), or ``None`` on a first connection. A malformed header is a
-    400 before the stream starts."""
+    400 before the stream starts. (A coroutine only so that Litestar runs it inline,
+    without a thread or a warning: it awaits nothing.)"""
     try:
         return parse_last_event_id(last_event_id)
     except ValueError as exc:
