@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aegis_shared.config import Settings
 from aegis_shared.database import DatabaseManager, provide_services
 from aegis_shared.database.registry import peek_database
+from aegis_shared.errors.exceptions import IntegrityViolationError
 from aegis_shared.litestar import AegisPlugin
 from aegis_shared.web.errors import MESSAGES
 from tests.conftest import MakeDb
@@ -307,6 +308,18 @@ async def test_error_handlers_answer_safe_bodies(db: DatabaseManager) -> None:
         "fields": ["email"],
     }
     assert await count(db, AppUser) == 1
+
+
+@on_sqlite_and_postgres
+async def test_error_statuses_are_configurable(db: DatabaseManager) -> None:
+    app = make_app(db, statuses={IntegrityViolationError: 422})
+    async with serve(app, lifespan="on") as base, httpx.AsyncClient(base_url=base) as client:
+        await client.post("/users", json={"email": "ada@example.com", "name": "Ada"})
+        duplicate = await client.post("/users", json={"email": "ada@example.com", "name": "Twin"})
+    assert duplicate.status_code == 422
+    assert duplicate.json()["error"] == "duplicate"
+    with pytest.raises(TypeError, match="DatabaseError subclasses"):
+        make_app(db, statuses={ValueError: 422})
 
 
 @on_sqlite_and_postgres

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase
 
 from aegis_shared.database import DatabaseManager
-from aegis_shared.litestar import AegisPlugin, SessionOptions, csrf_token
+from aegis_shared.litestar import AegisPlugin, SessionOptions, csrf_middleware, csrf_token
 from aegis_shared.models import NAMING_CONVENTION
 from aegis_shared.sessions import ServerSessionMixin, SessionStore, is_session_id, session_key
 from aegis_shared.web import CSRFTokens, HttpSession
@@ -247,3 +247,35 @@ async def test_csrf_check_without_tokens_passes_same_origin_and_plain_clients(
         )
         assert other.status_code == 403
         assert (await client.get("/whoami")).json()["cart"] == ["a", "b"]
+
+
+@post("/notes")
+async def add_note(data: dict[str, str]) -> dict[str, str]:
+    return data
+
+
+async def test_csrf_middleware_alone_has_the_same_defaults(make_db: MakeDb) -> None:
+    db = await make_db(LiteSessionBase.metadata)
+    app = Litestar(
+        route_handlers=[add_note],
+        middleware=[csrf_middleware(trusted_origins=["https://admin.example.com"])],
+        plugins=[AegisPlugin(db, close_on_shutdown=False)],
+        logging_config=None,
+    )
+    async with serve(app, lifespan="on") as base, httpx.AsyncClient(base_url=base) as client:
+        plain = await client.post("/notes", json={"n": "1"})
+        cross = await client.post(
+            "/notes", json={"n": "2"}, headers={"Sec-Fetch-Site": "cross-site"}
+        )
+        null = await client.post("/notes", json={"n": "3"}, headers={"Origin": "null"})
+        trusted = await client.post(
+            "/notes",
+            json={"n": "4"},
+            headers={"Sec-Fetch-Site": "same-site", "Origin": "https://admin.example.com"},
+        )
+        read = await client.get("/whoami", headers={"Sec-Fetch-Site": "cross-site"})
+    assert plain.status_code == 201
+    assert (cross.status_code, cross.json()["error"]) == (403, "csrf")
+    assert null.status_code == 403
+    assert trusted.status_code == 201
+    assert read.status_code == 404  # a safe method is never refused (no such route here)

@@ -19,16 +19,18 @@ status (404, 403).
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
-
 from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_400_BAD_REQUEST
 
 from aegis_shared.events import EventHub
-from aegis_shared.web.event_messages import EventMessage, event_messages, parse_last_event_id
+from aegis_shared.web.event_messages import (
+    EventMessage,
+    converted,
+    event_messages,
+    parse_last_event_id,
+)
 
 
 async def last_event_id(
@@ -53,7 +55,7 @@ def event_stream(hub: EventHub, channel: str, *, after: int | None = None) -> Se
 
     Raises ``ValueError`` at once for a bad channel or ``after``.
     """
-    return ServerSentEvent(_litestar_messages(event_messages(hub, channel, after=after)))
+    return ServerSentEvent(converted(event_messages(hub, channel, after=after), _litestar_message))
 
 
 def _litestar_message(message: EventMessage) -> ServerSentEventMessage:
@@ -61,12 +63,3 @@ def _litestar_message(message: EventMessage) -> ServerSentEventMessage:
     return ServerSentEventMessage(
         data=message.data, id=message.id, event=message.event, comment=message.comment
     )
-
-
-async def _litestar_messages(
-    messages: AsyncGenerator[EventMessage, None],
-) -> AsyncIterator[ServerSentEventMessage]:
-    # aclosing: closing this stream (the client went away) ends the subscription at once.
-    async with aclosing(messages) as stream:
-        async for message in stream:
-            yield _litestar_message(message)

@@ -21,7 +21,7 @@ child rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, TypedDict
+from typing import Literal, TypedDict, Unpack
 
 from litestar.middleware import DefineMiddleware
 
@@ -45,7 +45,7 @@ class SessionOptions(TypedDict, total=False):
     csrf_tokens: CSRFTokens | None
 
 
-def session_middleware(store: SessionStore, **options: object) -> DefineMiddleware:
+def session_middleware(store: SessionStore, **options: Unpack[SessionOptions]) -> DefineMiddleware:
     """The session cookie middleware for ``store`` as a Litestar middleware (``options``:
     :class:`SessionOptions`). Bad options raise when the app is built, with the reason.
 

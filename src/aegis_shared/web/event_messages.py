@@ -11,8 +11,9 @@ on both. Needs no web framework.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
-from typing import Final, NamedTuple
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
+from typing import Final, NamedTuple, TypeVar
 
 from aegis_shared.events import Event, EventHub, Trimmed, check_channel
 from aegis_shared.events.reading import check_position
@@ -22,6 +23,9 @@ LAST_EVENT_ID_ERROR: Final = (
     "Last-Event-ID must be the id of an event of this stream (an integer >= 0); "
     "reconnect without it to follow new events only"
 )
+
+
+T = TypeVar("T")
 
 
 class EventMessage(NamedTuple):
@@ -59,8 +63,8 @@ def event_messages(
     id ``M``), so a page reloads its state and a reconnect resumes after ``M``.
 
     Raises ``ValueError`` at once (not at the first event) for a bad channel or ``after``.
-    A wrapper that maps these messages must close this generator when it is closed itself
-    (``contextlib.aclosing``), so the subscription ends when the client goes away.
+    Map them to a framework's type with :func:`converted`, which keeps the subscription's
+    end tied to the stream's.
     """
     check_channel(channel)
     if after is not None:
@@ -87,3 +91,14 @@ async def _messages(
                 )
             else:
                 yield EventMessage(None, comment=f"resync after {item.after}")
+
+
+async def converted(
+    messages: AsyncGenerator[EventMessage, None], convert: Callable[[EventMessage], T]
+) -> AsyncIterator[T]:
+    """``messages`` (from :func:`event_messages`) as ``convert`` makes them: a framework's
+    own SSE type. Closing this stream (the client went away) closes ``messages`` at once,
+    and with it the subscription, rather than whenever the garbage collector gets to it."""
+    async with aclosing(messages) as stream:
+        async for message in stream:
+            yield convert(message)

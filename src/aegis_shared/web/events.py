@@ -26,15 +26,19 @@ connection goes back as the stream starts; per-event reads open their own short 
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Header, HTTPException
 from fastapi.sse import ServerSentEvent
 
 from aegis_shared.events import EventHub
-from aegis_shared.web.event_messages import EventMessage, event_messages, parse_last_event_id
+from aegis_shared.web.event_messages import (
+    EventMessage,
+    converted,
+    event_messages,
+    parse_last_event_id,
+)
 
 
 def last_event_id(
@@ -67,7 +71,7 @@ def event_stream(
 
     Raises ``ValueError`` at once (not at the first event) for a bad channel or ``after``.
     """
-    return _fastapi_messages(event_messages(hub, channel, after=after))
+    return converted(event_messages(hub, channel, after=after), _fastapi_message)
 
 
 def _fastapi_message(message: EventMessage) -> ServerSentEvent:
@@ -79,12 +83,3 @@ def _fastapi_message(message: EventMessage) -> ServerSentEvent:
     return ServerSentEvent.model_construct(
         raw_data=message.data, id=message.id, event=message.event
     )
-
-
-async def _fastapi_messages(
-    messages: AsyncGenerator[EventMessage, None],
-) -> AsyncIterator[ServerSentEvent]:
-    # aclosing: closing this stream (the client went away) ends the subscription at once.
-    async with aclosing(messages) as stream:
-        async for message in stream:
-            yield _fastapi_message(message)
