@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -299,14 +299,16 @@ async def test_hub_that_fell_behind_the_retention_reads_on(
     assert shape(items) == [Trimmed("a", after=0, resume_after=7), 8, 9, 10]
 
 
-async def test_sse_client_resuming_from_a_trimmed_position_gets_a_resync_event(
-    edb: DatabaseManager,
+async def check_resync_after_trim(
+    edb: DatabaseManager, app_for: Callable[[EventHub], Any], *, lifespan: str = "off"
 ) -> None:
+    """``GET /events/a`` of ``app_for(hub)`` from a trimmed position: a ``resync`` event,
+    then the retained events."""
     await send(edb, "a", *range(1, 11))
     await trim_events(edb, RetentionPolicy(max_age=None, max_count=4))
     async with (
         EventHub(edb, poll_min=0.02, poll_max=0.2) as hub,
-        serve(make_app(hub)) as base,
+        serve(app_for(hub), lifespan=lifespan) as base,
         httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as client,
     ):
         headers = {"Last-Event-ID": "3"}
@@ -324,6 +326,12 @@ async def test_sse_client_resuming_from_a_trimmed_position_gets_a_resync_event(
         (None, "9", 9),
         (None, "10", 10),
     ]
+
+
+async def test_sse_client_resuming_from_a_trimmed_position_gets_a_resync_event(
+    edb: DatabaseManager,
+) -> None:
+    await check_resync_after_trim(edb, make_app)
 
 
 async def read_sse(lines: AsyncIterator[str], count: int) -> list[dict[str, Any]]:

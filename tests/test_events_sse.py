@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -61,12 +61,16 @@ async def until(condition: Any) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_stream_resumes_from_last_event_id_without_gap_or_duplicate(
-    edb: DatabaseManager,
-) -> None:
+AppFor = Callable[[EventHub], Any]
+
+
+async def check_resume(edb: DatabaseManager, app_for: AppFor, *, lifespan: str = "off") -> None:
+    """``GET /events/orders`` of ``app_for(hub)`` (FastAPI's or Litestar's) resumes from
+    ``Last-Event-ID`` with no gap and no duplicate, and a client that leaves ends its
+    subscription."""
     async with (
         EventHub(edb, poll_min=0.02, poll_max=0.2) as hub,
-        serve(make_app(hub)) as base,
+        serve(app_for(hub), lifespan=lifespan) as base,
         httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as client,
     ):
         async with client.stream("GET", "/events/orders") as response:
@@ -93,11 +97,13 @@ async def test_stream_resumes_from_last_event_id_without_gap_or_duplicate(
     assert edb.pool_status()["main"]["checked_out"] == 0
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-async def test_bad_last_event_id_is_a_400_before_the_stream(edb: DatabaseManager) -> None:
+async def check_bad_last_event_ids(
+    edb: DatabaseManager, app_for: AppFor, *, lifespan: str = "off"
+) -> None:
+    """A malformed ``Last-Event-ID`` is a 400 before any subscription."""
     async with (
         EventHub(edb) as hub,
-        serve(make_app(hub)) as base,
+        serve(app_for(hub), lifespan=lifespan) as base,
         httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as client,
     ):
         for bad in ("abc", "-1", "1.5"):
@@ -105,6 +111,17 @@ async def test_bad_last_event_id_is_a_400_before_the_stream(edb: DatabaseManager
             assert response.status_code == 400, bad
             assert "Last-Event-ID must be the id of an event" in response.text
         assert not hub._channels
+
+
+async def test_stream_resumes_from_last_event_id_without_gap_or_duplicate(
+    edb: DatabaseManager,
+) -> None:
+    await check_resume(edb, make_app)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_bad_last_event_id_is_a_400_before_the_stream(edb: DatabaseManager) -> None:
+    await check_bad_last_event_ids(edb, make_app)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

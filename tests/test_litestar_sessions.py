@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -26,6 +26,7 @@ from aegis_shared.sessions import ServerSessionMixin, SessionStore, is_session_i
 from aegis_shared.web import CSRFTokens, HttpSession
 from tests.conftest import MakeDb
 from tests.http import serve
+from tests.test_sessions_web import Clock
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
@@ -38,16 +39,6 @@ class LiteSessionBase(AsyncAttrs, DeclarativeBase):
 
 class LiteSession(ServerSessionMixin, LiteSessionBase):
     __tablename__ = "ls_sessions"
-
-
-class Clock:
-    """The store's clock, moved by the tests."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @get("/whoami")
