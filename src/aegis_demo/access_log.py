@@ -71,13 +71,13 @@ class AccessLogWriter:
         else:
             self.written += 1
 
-    async def drain(self, timeout: float = 5.0) -> None:
-        """Wait up to ``timeout`` seconds for the writes in flight (at shutdown), then
+    async def drain(self, within: float = 5.0) -> None:
+        """Wait up to ``within`` seconds for the writes in flight (at shutdown), then
         cancel what is left."""
         pending = set(self._tasks)
         if not pending:
             return
-        _, late = await asyncio.wait(pending, timeout=timeout)
+        _, late = await asyncio.wait(pending, timeout=within)
         for task in late:
             task.cancel()
         if late:

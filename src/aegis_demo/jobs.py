@@ -9,7 +9,7 @@ the same session, as seed 004's ``cleanup_auth_tokens`` job does with three.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
@@ -60,12 +60,16 @@ class ChatAnswerService:
         return await self.answers.count()
 
 
-async def provide_access_log_service(session: AsyncSession) -> AsyncIterator[AccessLogService]:
+async def provide_access_log_service(
+    session: AsyncSession,
+) -> AsyncGenerator[AccessLogService, None]:
     """Seed 004's provider shape: an async generator yielding the service on ``session``."""
     yield AccessLogService(session)
 
 
-async def provide_chat_answer_service(session: AsyncSession) -> AsyncIterator[ChatAnswerService]:
+async def provide_chat_answer_service(
+    session: AsyncSession,
+) -> AsyncGenerator[ChatAnswerService, None]:
     """The chat answers' provider."""
     yield ChatAnswerService(session)
 
@@ -102,9 +106,10 @@ class Housekeeping(PeriodicSweeper):
     async def sweep(self) -> int:
         """One run: both services on one session, which ``provide_services`` opens on the
         default manager and commits when the block ends without an error."""
-        async with provide_services(
-            provide_access_log_service, provide_chat_answer_service
-        ) as (logs, answers):
+        async with provide_services(provide_access_log_service, provide_chat_answer_service) as (
+            logs,
+            answers,
+        ):
             trimmed = await logs.trim(utcnow() - self.retention)
             remaining = await logs.count()
             stored = await answers.count()

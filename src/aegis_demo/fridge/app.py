@@ -104,7 +104,7 @@ def _fridge_json(rows: list[UserFridgeIngredient]) -> list[dict[str, Any]]:
     ]
 
 
-def _channel_of(session: HttpSession) -> str:
+def channel_of(session: HttpSession) -> str:
     """The session's fridge channel, named on first use; the name lives in the session's
     data, so it survives the new id a login gives the session."""
     fridge_id = session.get(FRIDGE_ID)
@@ -150,7 +150,7 @@ def fridge_router() -> APIRouter:
         """Put ingredients in the fridge (one already there stays as it is); answers with
         the fridge's contents."""
         key = await session.ensure()
-        channel = _channel_of(session)
+        channel = channel_of(session)
         await FridgeService.add_ingredients(key, body.ingredient_ids, channel=channel)
         rows = await FridgeService.get_session_ingredients(key)
         return {"user": session.get("user"), "ingredients": _fridge_json(rows)}
@@ -163,7 +163,7 @@ def fridge_router() -> APIRouter:
         key = session.key
         if key is None:
             return {"removed": 0}
-        channel = _channel_of(session)
+        channel = channel_of(session)
         removed = await FridgeService.remove_ingredients(key, body.ingredient_ids, channel=channel)
         return {"removed": removed}
 
@@ -179,7 +179,7 @@ def fridge_router() -> APIRouter:
         key = session.key
         if key is None:
             raise HTTPException(404, "No fridge yet: add an ingredient first, then follow it.")
-        channel = _channel_of(session)
+        channel = channel_of(session)
         if after is not None:  # a reconnecting EventSource: replay what it missed
             return channel, after, None
         # Snapshot, then follow: the position first, so a change that commits while the
@@ -283,10 +283,12 @@ class Fridge:
         app.include_router(admin_router(self.sessions, self.token, self.jobs))
 
     @asynccontextmanager
-    async def running(self, app: FastAPI) -> AsyncIterator[EventHub]:
-        """The tables and catalogue, the event hub (``app.state.hub``) and the sweepers of
-        expired sessions and old events, while the block runs (an app's lifespan)."""
-        await prepare_database(self.db)
+    async def running(self, app: FastAPI, *, prepare: bool = True) -> AsyncIterator[EventHub]:
+        """The tables and catalogue (unless ``prepare=False``: the caller made them), the
+        event hub (``app.state.hub``) and the sweepers of expired sessions and old events,
+        while the block runs (an app's lifespan)."""
+        if prepare:
+            await prepare_database(self.db)
         hub = EventHub.from_settings(
             self.db, poll_min=LIVE_POLL_SECONDS, poll_max=LIVE_POLL_SECONDS
         )

@@ -1,0 +1,58 @@
+"""Seed 003's posts for the pages: the list of posts with their comments (one
+``selectinload``) and adding a comment. ``GET /api/v1/posts/{id}`` is the seed's own
+endpoint, in :mod:`aegis_demo.realtime.app`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, status
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from aegis_demo.realtime.app import CommentOut, PostOut
+from aegis_demo.realtime.models import Comment, Post
+from aegis_shared.database import get_session
+from aegis_shared.errors.exceptions import EntityNotFoundError
+
+__all__ = ["NewComment", "list_posts", "router"]
+
+#: Posts a page shows at most.
+MAX_POSTS = 50
+
+router = APIRouter(prefix="/api/v1", tags=["Real-time & Async"])
+Session = Annotated[AsyncSession, Depends(get_session)]
+#: A post id the column can hold (32-bit): anything else is a 422, not a database error.
+PostId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+class NewComment(BaseModel):
+    """A comment to add to a post."""
+
+    body: str = Field(min_length=1, max_length=500)
+
+
+async def list_posts(session: AsyncSession) -> list[PostOut]:
+    """The newest posts with their comments, as response models (only declared fields)."""
+    statement = select(Post).options(selectinload(Post.comments)).order_by(Post.id).limit(MAX_POSTS)
+    posts = (await session.scalars(statement)).all()
+    return [PostOut.model_validate(post) for post in posts]
+
+
+@router.get("/posts", response_model=list[PostOut])
+async def posts(session: Session) -> list[PostOut]:
+    """Every post (the first 50) with its comments, loaded eagerly."""
+    return await list_posts(session)
+
+
+@router.post("/posts/{post_id}/comments", status_code=status.HTTP_201_CREATED)
+async def add_comment(post_id: PostId, comment: NewComment, session: Session) -> CommentOut:
+    """Add a comment to a post; answers with it. A missing post is a 404 ``not_found``."""
+    if await session.get(Post, post_id) is None:
+        raise EntityNotFoundError("Post", post_id)
+    row = Comment(post_id=post_id, body=comment.body)
+    session.add(row)
+    await session.commit()
+    return CommentOut.model_validate(row)

@@ -1,0 +1,127 @@
+"""The server-rendered pages (Jinja2): home, the fridge, the posts, the chat and the
+operator panel. Each page gets response models or plain values, never ORM rows, so only
+the declared fields of the database reach it; Jinja2 escapes every value.
+
+The pages' script (``/static/app.js``) changes state only through the JSON endpoints,
+sending the CSRF token of the page's ``<meta name="csrf-token">`` in ``X-CSRF-Token``.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from aegis_demo.fridge.app import channel_of
+from aegis_demo.fridge.service import FridgeService, FridgeUnitOfWork
+from aegis_demo.posts import list_posts
+from aegis_demo.web.operator import is_operator
+from aegis_shared.database import get_session
+from aegis_shared.web import HttpSession, csrf_token, current_session
+
+__all__ = ["page_router", "render_error", "static_directory", "templates"]
+
+templates = Jinja2Templates(directory=Path(str(files("aegis_demo") / "templates")))
+
+#: What an error page says: fixed texts, never an exception's or the database's.
+_ERROR_TEXTS = {
+    403: "This page is not open to you.",
+    404: "There is no page here.",
+    405: "This page does not take that kind of request.",
+}
+
+
+def static_directory() -> Path:
+    """The pages' script, stylesheet and icon, shipped in the package."""
+    return Path(str(files("aegis_demo") / "static"))
+
+
+async def render_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """An HTTP error as a small page for a browser's navigation (``Accept: text/html``),
+    else FastAPI's own JSON answer (``{"detail": ...}``)."""
+    if "text/html" not in request.headers.get("accept", ""):
+        return await http_exception_handler(request, exc)
+    context = {
+        "status": exc.status_code,
+        "message": _ERROR_TEXTS.get(exc.status_code, "The request could not be completed."),
+        "user": None,
+        "operator": False,
+        "csrf": csrf_token(request),
+        "page": "error",
+    }
+    return templates.TemplateResponse(
+        request, "error.html", context, status_code=exc.status_code, headers=exc.headers
+    )
+
+
+CurrentSession = Annotated[HttpSession, Depends(current_session)]
+
+
+def render(
+    request: Request, session: HttpSession, name: str, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    """``name`` with what every page shows: the visitor's name, the operator mark and the
+    CSRF token for the page's script."""
+    context |= {
+        "user": session.get("user") if session.key else None,
+        "operator": bool(session.key) and is_operator(session),
+        "csrf": csrf_token(request),
+        "page": name.removesuffix(".html"),
+    }
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def page_router() -> APIRouter:
+    """The HTML pages (left out of the API schema)."""
+    router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
+
+    @router.get("/")
+    async def home(request: Request, session: CurrentSession) -> HTMLResponse:
+        """What this is, and where to look."""
+        return render(request, session, "home.html")
+
+    @router.get("/my-fridge")
+    async def fridge_page(request: Request, session: CurrentSession) -> HTMLResponse:
+        """The visitor's fridge, live. The session starts here, so that the page can
+        follow ``/fridge/events`` at once (another tab of the same visitor shares it)."""
+        key = await session.ensure()
+        channel_of(session)
+        async with FridgeUnitOfWork(read_only=True) as uow:
+            catalogue = await uow.ingredients.list(order_by="id", limit=500)
+        rows = await FridgeService.get_session_ingredients(key)
+        return render(
+            request,
+            session,
+            "fridge.html",
+            catalogue=[{"id": i.id, "name": i.name, "category": i.category} for i in catalogue],
+            fridge=[row.ingredient_id for row in rows],
+        )
+
+    @router.get("/posts")
+    async def posts_page(
+        request: Request,
+        session: CurrentSession,
+        db_session: Annotated[AsyncSession, Depends(get_session)],
+    ) -> HTMLResponse:
+        """The posts with their comments (one ``selectinload``)."""
+        return render(request, session, "posts.html", posts=await list_posts(db_session))
+
+    @router.get("/chat")
+    async def chat_page(request: Request, session: CurrentSession) -> HTMLResponse:
+        """Ask, and watch the answer stream in token by token."""
+        return render(request, session, "chat.html")
+
+    @router.get("/operator")
+    async def operator_page(request: Request, session: CurrentSession) -> HTMLResponse:
+        """The operator panel (or its sign-in form)."""
+        return render(request, session, "operator.html")
+
+    return router
