@@ -4,6 +4,7 @@ reference application (see :mod:`aegis_demo.serve`)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from aegis_demo.serve import serve
 
@@ -17,10 +18,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     args = parser.parse_args(argv)
-    try:
+    # Ctrl-C before uvicorn took over the signals: stop quietly too.
+    with contextlib.suppress(KeyboardInterrupt):
         serve(args.host, args.port, workers=args.workers)
-    except KeyboardInterrupt:  # Ctrl-C before uvicorn took over its signals
-        pass
 
 
 if __name__ == "__main__":
