@@ -83,11 +83,13 @@ def create_app(
     ``admin_token`` (default ``FRIDGE_ADMIN_TOKEN``) opens the admin endpoints (as a
     bearer token) and the operator panel; without one both stay off. ``secure_cookie``
     marks the cookies ``Secure`` (default ``SESSION_COOKIE_SECURE``, true: browsers keep
-    them over https only). ``housekeeping`` replaces the default job (tests run it sooner).
+    them over https only). A ``db`` passed in is left open at shutdown (its owner closes
+    it); one made here is closed. ``housekeeping`` replaces the default job (tests run it sooner).
     """
     if secure_cookie is None:
         secure_cookie = Settings().session_cookie_secure
     manager = db or DatabaseManager.from_settings()
+    owned = db is None  # a manager passed in stays its owner's to close
     fridge = Fridge.build(manager, admin_token=admin_token)
     writer = AccessLogWriter()
     job = housekeeping or Housekeeping()
@@ -106,7 +108,8 @@ def create_app(
                     await job.stop()
                     await writer.drain()
         finally:
-            await manager.close()
+            if owned:
+                await manager.close()
 
     app = FastAPI(
         title="aegis-shared reference application",

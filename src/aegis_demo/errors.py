@@ -21,6 +21,15 @@ class HTTPErrorBody(BaseModel):
     detail: str = Field(description="What happened and what to do next.")
 
 
+_NAME = HTTPErrorBody.__name__
+
+
 def errors(*answers: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` for FastAPI: each ``(status, description)`` with :class:`HTTPErrorBody`."""
-    return {status: {"model": HTTPErrorBody, "description": text} for status, text in answers}
+    """``responses=`` for FastAPI: each ``(status, description)`` with :class:`HTTPErrorBody`
+    as ``application/json``, also on a streaming endpoint (whose own media type FastAPI
+    would give the model: its errors are JSON all the same)."""
+    json_body = {"application/json": {"schema": {"$ref": f"#/components/schemas/{_NAME}"}}}
+    return {
+        status: {"model": HTTPErrorBody, "description": text, "content": json_body}
+        for status, text in answers
+    }

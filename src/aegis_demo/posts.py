@@ -14,8 +14,7 @@ from sqlalchemy.orm import selectinload
 
 from aegis_demo.realtime.app import CommentOut, PostOut
 from aegis_demo.realtime.models import Comment, Post
-from aegis_shared.database import get_session
-from aegis_shared.errors.exceptions import EntityNotFoundError
+from aegis_shared.database import BaseRepository, UnitOfWork, get_session, with_db_retry
 
 __all__ = ["NewComment", "list_posts", "router"]
 
@@ -26,6 +25,14 @@ router = APIRouter(prefix="/api/v1", tags=["Real-time & Async"])
 Session = Annotated[AsyncSession, Depends(get_session)]
 #: A post id the column can hold (32-bit): anything else is a 422, not a database error.
 PostId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+class PostRepository(BaseRepository[Post]):
+    """The posts."""
+
+
+class CommentRepository(BaseRepository[Comment]):
+    """The comments."""
 
 
 class NewComment(BaseModel):
@@ -47,12 +54,21 @@ async def posts(session: Session) -> list[PostOut]:
     return await list_posts(session)
 
 
+class PostUnitOfWork(UnitOfWork):
+    """Posts and their comments on one session."""
+
+    posts: PostRepository
+    comments: CommentRepository
+
+
 @router.post("/posts/{post_id}/comments", status_code=status.HTTP_201_CREATED)
-async def add_comment(post_id: PostId, comment: NewComment, session: Session) -> CommentOut:
+@with_db_retry
+async def add_comment(post_id: PostId, comment: NewComment) -> CommentOut:
     """Add a comment to a post; answers with it. A missing post is a 404 ``not_found``."""
-    if await session.get(Post, post_id) is None:
-        raise EntityNotFoundError("Post", post_id)
-    row = Comment(post_id=post_id, body=comment.body)
-    session.add(row)
-    await session.commit()
-    return CommentOut.model_validate(row)
+    # write=True: it reads, then writes; SQLite then takes its write lock at BEGIN, where a
+    # read lock could not be upgraded while another request writes.
+    async with PostUnitOfWork(write=True) as uow:
+        await uow.posts.get_one(post_id)  # EntityNotFoundError when missing: a 404
+        row = await uow.comments.create({"post_id": post_id, "body": comment.body})
+        await uow.commit()
+        return CommentOut.model_validate(row)

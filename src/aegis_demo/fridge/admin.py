@@ -26,6 +26,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from aegis_demo.errors import errors
 from aegis_shared.sessions import SessionStore
 
 logger = logging.getLogger("aegis_demo.fridge.admin")
@@ -137,7 +138,15 @@ class RequireAdmin:
 def admin_router(store: SessionStore, token: str | None, jobs: CleanupJobs) -> APIRouter:
     """The admin endpoints, each requiring ``Authorization: Bearer <token>``."""
     require_admin = RequireAdmin(token)
-    router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], tags=["admin"])
+    router = APIRouter(
+        prefix="/admin",
+        dependencies=[Depends(require_admin)],
+        tags=["admin"],
+        responses=errors(
+            (401, "The admin token is missing or wrong."),
+            (403, "The admin endpoints are disabled (no FRIDGE_ADMIN_TOKEN)."),
+        ),
+    )
 
     @router.get("/session-stats")
     async def session_stats() -> dict[str, Any]:
@@ -159,7 +168,7 @@ def admin_router(store: SessionStore, token: str | None, jobs: CleanupJobs) -> A
         response.headers["Location"] = job.json()["status_url"]
         return {"message": "Session cleanup started", "job": job.json()}
 
-    @router.get("/cleanup-sessions/{job_id}")
+    @router.get("/cleanup-sessions/{job_id}", responses=errors((404, "No such cleanup job.")))
     async def cleanup_status(job_id: str) -> dict[str, Any]:
         """A cleanup job's progress: batches committed, sessions deleted, its status."""
         job = jobs.jobs.get(job_id)

@@ -33,6 +33,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 
+from aegis_demo.errors import errors
 from aegis_demo.fridge.admin import AdminSettings, CleanupJobs, admin_router
 from aegis_demo.fridge.models import FridgeBase, UserFridgeIngredient, UserFridgeSession
 from aegis_demo.fridge.service import FridgeService, FridgeUnitOfWork, fridge_channel
@@ -194,7 +195,11 @@ def fridge_router() -> APIRouter:
         )
         return channel, position, snapshot
 
-    @router.get("/fridge/events", response_class=EventSourceResponse)
+    @router.get(
+        "/fridge/events",
+        response_class=EventSourceResponse,
+        responses=errors((404, "No fridge yet: add an ingredient first.")),
+    )
     async def fridge_events(
         request: Request, start: tuple[str, int, ServerSentEvent | None] = Depends(follow)
     ) -> AsyncIterator[ServerSentEvent]:
@@ -209,7 +214,7 @@ def fridge_router() -> APIRouter:
         async for message in event_stream(request.app.state.hub, channel, after=after):
             yield message
 
-    @router.post("/login")
+    @router.post("/login", responses=errors((409, "The session ended meanwhile.")))
     async def login(body: Login, session: HttpSession = CurrentSession) -> dict[str, str]:
         """Remember the user and give the session a new id (the fridge stays)."""
         session["user"] = body.user
