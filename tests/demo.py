@@ -3,9 +3,8 @@ server, a client that holds a page's CSRF token, and waiting for a condition."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -54,10 +53,3 @@ async def browser_like(base: str) -> AsyncIterator[tuple[httpx.AsyncClient, dict
             "Sec-Fetch-Site": "same-origin",
         }
         yield client, headers
-
-
-async def until(condition: Callable[[], Awaitable[bool]], within: float = TIMEOUT) -> None:
-    """Wait until ``condition()`` holds (polling), at most ``within`` seconds."""
-    async with asyncio.timeout(within):
-        while not await condition():  # noqa: ASYNC110 (polls the database)
-            await asyncio.sleep(0.02)

@@ -25,7 +25,8 @@ from aegis_shared.database import DatabaseManager
 from aegis_shared.models import utcnow
 from tests import sse
 from tests.conftest import MakeDb
-from tests.demo import ADMIN_TOKEN, TIMEOUT, browser_like, running, until
+from tests.demo import ADMIN_TOKEN, TIMEOUT, browser_like, running
+from tests.waiting import until
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ Without an admin token configured the panel is switched off, like the admin endp
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from datetime import datetime
@@ -22,6 +21,7 @@ from sqlalchemy import select
 
 from aegis_demo.access_log import AccessLogWriter, LogUnitOfWork
 from aegis_demo.errors import errors
+from aegis_demo.fridge.admin import token_matches
 from aegis_demo.fridge.app import Fridge
 from aegis_demo.jobs import Housekeeping
 from aegis_shared.events import events_table
@@ -131,8 +131,7 @@ def operator_router(operator: Operator) -> APIRouter:
                 status.HTTP_403_FORBIDDEN,
                 "The operator panel is disabled: start the demo with FRIDGE_ADMIN_TOKEN set.",
             )
-        # compare_digest: the time taken must not tell how much of a guess was right.
-        if not secrets.compare_digest(body.token.encode(), token.encode()):
+        if not token_matches(body.token, token):
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Wrong admin token; try again.")
         await session.ensure()
         session[OPERATOR] = True
