@@ -27,7 +27,7 @@ from aegis_demo.jobs import Housekeeping
 from aegis_shared.events import events_table
 from aegis_shared.web import HttpSession, current_session
 
-__all__ = ["OPERATOR", "Operator", "is_operator", "operator_router"]
+__all__ = ["OPERATOR", "CurrentSession", "Operator", "is_operator", "operator_router"]
 
 #: The session key that marks an operator.
 OPERATOR = "operator"
@@ -107,6 +107,7 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat(timespec="seconds")
 
 
+#: The visitor's server-side session, as a dependency (the pages use it too).
 CurrentSession = Annotated[HttpSession, Depends(current_session)]
 
 

@@ -23,9 +23,9 @@ from starlette.responses import Response
 from aegis_demo.fridge.app import channel_of
 from aegis_demo.fridge.service import FridgeService, FridgeUnitOfWork
 from aegis_demo.posts import list_posts
-from aegis_demo.web.operator import is_operator
+from aegis_demo.web.operator import CurrentSession, is_operator
 from aegis_shared.database import get_session
-from aegis_shared.web import HttpSession, csrf_token, current_session
+from aegis_shared.web import HttpSession, csrf_token
 
 __all__ = ["page_router", "render_error", "static_directory", "templates"]
 
@@ -60,9 +60,6 @@ async def render_error(request: Request, exc: StarletteHTTPException) -> Respons
     return templates.TemplateResponse(
         request, "error.html", context, status_code=exc.status_code, headers=exc.headers
     )
-
-
-CurrentSession = Annotated[HttpSession, Depends(current_session)]
 
 
 def render(
