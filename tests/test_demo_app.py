@@ -192,6 +192,34 @@ async def test_error_pages_are_safe_for_browsers_and_json_for_clients(
         assert "2147483648" not in post.text or post.status_code == 404
 
 
+async def test_a_database_failure_shows_a_safe_page_and_a_safe_json_body(
+    db: DatabaseManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR)
+    server_log = logging.getLogger("uvicorn.error")
+    try:
+        async with running(db) as base, httpx.AsyncClient(base_url=base) as client:
+            # uvicorn configures its logger at start, not to propagate: listen to it.
+            server_log.addHandler(caplog.handler)
+            async with db.engine.begin() as conn:
+                await conn.execute(text("DROP TABLE realtime_comments"))  # a real fault
+            page = await client.get("/posts", headers={"Accept": "text/html"})
+            api = await client.get("/api/v1/posts")
+    finally:
+        server_log.removeHandler(caplog.handler)
+    assert page.status_code == api.status_code == 500
+    assert page.headers["content-type"].startswith("text/html")
+    assert "Something went wrong on our side" in page.text
+    # The library's body when the error reached it as a DatabaseError, else FastAPI's.
+    assert api.json().get("error", "internal") == "internal"
+    assert "detail" in api.json()
+    for body in (page.text, api.text):
+        assert "realtime_comments" not in body
+        assert "SELECT" not in body
+    # The operator still learns what happened, from the log.
+    assert "realtime_comments" in caplog.text
+
+
 async def test_comments_are_added_to_existing_posts_only(db: DatabaseManager) -> None:
     async with running(db) as base, browser_like(base) as (client, headers):
         posts = (await client.get("/api/v1/posts")).json()

@@ -27,12 +27,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
 
 from aegis_demo import posts
 from aegis_demo.access_log import AccessLogMiddleware, AccessLogWriter
@@ -42,7 +40,7 @@ from aegis_demo.realtime import app as realtime
 from aegis_demo.seed import prepare
 from aegis_demo.web.docs import install_docs
 from aegis_demo.web.operator import Operator, operator_router
-from aegis_demo.web.pages import page_router, render_error, static_directory
+from aegis_demo.web.pages import install_error_pages, page_router, static_directory
 from aegis_demo.web.security import SecurityHeadersMiddleware
 from aegis_shared.config import Settings
 from aegis_shared.database import DatabaseManager, configure_database
@@ -133,11 +131,7 @@ def create_app(
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(AccessLogMiddleware, writer=writer)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        """A page for a browser, FastAPI's JSON for everyone else."""
-        return await render_error(request, exc)
-
+    install_error_pages(app)  # after the fridge's install_error_handlers
     app.state.access_log = writer
     app.state.housekeeping = job
     return app

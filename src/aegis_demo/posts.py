@@ -8,9 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, status
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
 
 from aegis_demo.realtime.app import CommentOut, PostOut
 from aegis_demo.realtime.models import Comment, Post
@@ -42,9 +40,9 @@ class NewComment(BaseModel):
 
 
 async def list_posts(session: AsyncSession) -> list[PostOut]:
-    """The newest posts with their comments, as response models (only declared fields)."""
-    statement = select(Post).options(selectinload(Post.comments)).order_by(Post.id).limit(MAX_POSTS)
-    posts = (await session.scalars(statement)).all()
+    """The first posts with their comments (one more SELECT for all of them, as
+    ``selectinload``), as response models: only declared fields."""
+    posts = await PostRepository(session).list(order_by="id", limit=MAX_POSTS, load=["comments"])
     return [PostOut.model_validate(post) for post in posts]
 
 

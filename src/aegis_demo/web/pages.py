@@ -8,13 +8,15 @@ sending the CSRF token of the page's ``<meta name="csrf-token">`` in ``X-CSRF-To
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -25,9 +27,10 @@ from aegis_demo.fridge.service import FridgeService, FridgeUnitOfWork
 from aegis_demo.posts import list_posts
 from aegis_demo.web.operator import CurrentSession, is_operator
 from aegis_shared.database import get_session
+from aegis_shared.errors.exceptions import DatabaseError
 from aegis_shared.web import HttpSession, csrf_token
 
-__all__ = ["page_router", "render_error", "static_directory", "templates"]
+__all__ = ["install_error_pages", "page_router", "static_directory", "templates"]
 
 templates = Jinja2Templates(directory=Path(str(files("aegis_demo") / "templates")))
 
@@ -36,6 +39,9 @@ _ERROR_TEXTS = {
     403: "This page is not open to you.",
     404: "There is no page here.",
     405: "This page does not take that kind of request.",
+    500: "Something went wrong on our side; the details are in the server's log.",
+    503: "The service is busy or its database is unavailable; try again shortly.",
+    504: "The request took too long and was cancelled; try again shortly.",
 }
 
 
@@ -44,22 +50,56 @@ def static_directory() -> Path:
     return Path(str(files("aegis_demo") / "static"))
 
 
-async def render_error(request: Request, exc: StarletteHTTPException) -> Response:
-    """An HTTP error as a small page for a browser's navigation (``Accept: text/html``),
-    else FastAPI's own JSON answer (``{"detail": ...}``)."""
-    if "text/html" not in request.headers.get("accept", ""):
-        return await http_exception_handler(request, exc)
+def _wants_page(request: Request) -> bool:
+    """A browser navigating (``Accept: text/html``), not a script or an API client."""
+    return "text/html" in request.headers.get("accept", "")
+
+
+def _error_page(request: Request, status: int, headers: Mapping[str, str] | None) -> Response:
     context = {
-        "status": exc.status_code,
-        "message": _ERROR_TEXTS.get(exc.status_code, "The request could not be completed."),
+        "status": status,
+        "message": _ERROR_TEXTS.get(status, "The request could not be completed."),
         "user": None,
         "operator": False,
         "csrf": csrf_token(request),
         "page": "error",
     }
     return templates.TemplateResponse(
-        request, "error.html", context, status_code=exc.status_code, headers=exc.headers
+        request, "error.html", context, status_code=status, headers=headers
     )
+
+
+def install_error_pages(app: FastAPI) -> None:
+    """Errors as a small page for a browser's navigation, with fixed texts: an
+    ``HTTPException`` (else FastAPI's JSON) and a data-layer error (else the library's
+    JSON body; its handler still logs the error and sets ``Retry-After``), and anything
+    else as a 500 with a fixed text. Call it after ``install_error_handlers``."""
+    json_database_error = app.exception_handlers[DatabaseError]
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if not _wants_page(request):
+            return await http_exception_handler(request, exc)
+        return _error_page(request, exc.status_code, exc.headers)
+
+    async def database_error(request: Request, exc: Exception) -> Response:
+        answer = json_database_error(request, exc)  # logs it, for the operator
+        if inspect.isawaitable(answer):
+            answer = await answer
+        if not _wants_page(request):
+            return answer
+        retry = answer.headers.get("retry-after")
+        return _error_page(request, answer.status_code, {"Retry-After": retry} if retry else None)
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Starlette logs the exception with its traceback; the client gets a fixed text.
+        if not _wants_page(request):
+            return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
+        return _error_page(request, 500, None)
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(DatabaseError, database_error)
+    app.add_exception_handler(Exception, unexpected)
 
 
 def render(
