@@ -67,8 +67,11 @@ class Tag(Base):
 
 class Article(Base):
     if TYPE_CHECKING:
-        #: Set by ``annotate={"favorites_count": "favorited_by"}``.
+        #: Set by ``annotate={"favorites_count": "favorited_by", "favorited": Linked(...),
+        #: "following": Linked(...)}``.
         favorites_count: int
+        favorited: bool
+        following: bool
 
     __tablename__ = "bench_cd_articles"
 

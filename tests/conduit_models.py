@@ -88,9 +88,12 @@ class Article(IntegerIdMixin, TimestampMixin, ConduitBase):
     )
 
     if TYPE_CHECKING:
-        # Set by list(annotate={"favorites_count": "favorited_by"}); declared here for
-        # type checkers only, where SQLAlchemy does not look for mapped attributes.
+        # Set by list(annotate={"favorites_count": "favorited_by", "favorited":
+        # Linked(...), "following": Linked(...)}); declared here for type checkers only,
+        # where SQLAlchemy does not look for mapped attributes.
         favorites_count: int
+        favorited: bool
+        following: bool
 
 
 class Comment(IntegerIdMixin, TimestampMixin, ConduitBase):

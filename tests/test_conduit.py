@@ -1,5 +1,5 @@
 """The Conduit article list and feed (tests/conduit_app.py, repository calls only) against
-the RealWorld spec's "Multiple Articles" response, in at most six statements, on SQLite,
+the RealWorld spec's "Multiple Articles" response, in four statements, on SQLite,
 PostgreSQL and MariaDB, with the fast path on and off.
 
 Every response is compared with one built here, independently, from plain SQLAlchemy ORM
@@ -135,13 +135,10 @@ async def test_article_list(
     params, keep = FILTERS[name]
     for limit, offset in PAGES:
         async with db.session() as session:
-            with assert_max_queries(6, db) as counter:
+            with assert_max_queries(4, db):
                 response = await conduit_app.list_articles(
                     session, me, limit=limit, offset=offset, **params
                 )
-            if me is None:
-                # No reader: no favorited or following flags to read.
-                assert counter.count <= 4, counter.statements
         assert response == oracle.response(me, keep, limit, offset), (limit, offset)
 
 
@@ -152,18 +149,20 @@ async def test_feed(db: DatabaseManager, oracle: Oracle, me: int) -> None:
 
     for limit, offset in PAGES:
         async with db.session() as session:
-            with assert_max_queries(6, db):
+            with assert_max_queries(4, db):
                 response = await conduit_app.feed(session, me, limit=limit, offset=offset)
         assert response == oracle.response(me, followed, limit, offset), (limit, offset)
 
 
-async def test_a_full_page_is_six_statements_and_anonymous_four(db: DatabaseManager) -> None:
+async def test_a_full_page_is_four_statements_for_readers_and_anonymous(
+    db: DatabaseManager,
+) -> None:
     async with db.session() as session:
-        with assert_max_queries(6, db) as counter:
+        with assert_max_queries(4, db) as counter:
             response = await conduit_app.list_articles(session, 1)
     assert len(response["articles"]) == 20
-    # articles with counts, authors, tags, total, favorited flags, following flags
-    assert counter.count == 6, counter.statements
+    # articles with counts and both flags, authors, tags, total
+    assert counter.count == 4, counter.statements
     async with db.session() as session:
         with assert_max_queries(4, db) as counter:
             await conduit_app.list_articles(session)
@@ -188,7 +187,7 @@ async def test_following_oneself_is_refused_by_the_app(seeded: DatabaseManager) 
 
 async def test_over_http(seeded: DatabaseManager, oracle: Oracle) -> None:
     """The same responses through FastAPI (``Depends(get_session)``, the middleware, JSON
-    on the wire), still at most six statements per request."""
+    on the wire), still at most four statements per request."""
     transport = httpx.ASGITransport(app=conduit_app.make_app())
     requests: list[tuple[str, dict[str, str], int | None, Predicate]] = [
         ("/api/articles", {}, None, FILTERS["all"][1]),
@@ -199,7 +198,7 @@ async def test_over_http(seeded: DatabaseManager, oracle: Oracle) -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://conduit") as client:
         for path, params, me, keep in requests:
             headers = {} if me is None else {"X-User-Id": str(me)}
-            with assert_max_queries(6, seeded):
+            with assert_max_queries(4, seeded):
                 response = await client.get(path, params=params, headers=headers)
             assert response.status_code == 200, response.text
             limit, offset = int(params.get("limit", 20)), int(params.get("offset", 0))

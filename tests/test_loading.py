@@ -1,5 +1,5 @@
-"""``load=`` (eager loading by relationship name) and ``annotate=`` (counts per row) on the
-repository's reads, on SQLite, PostgreSQL and MariaDB.
+"""``load=`` (eager loading by relationship name) and ``annotate=`` (counts and flags per
+row) on the repository's reads, on SQLite, PostgreSQL and MariaDB.
 
 The data is the Conduit set of tests/conduit_app.py. Each read runs twice: on a manager
 with the fast path (``fast``) and on one without it (``orm``), over the same database.
@@ -19,7 +19,7 @@ from sqlalchemy import ForeignKey, Integer, MetaData, String, select
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload
 
-from aegis_shared.database import BaseRepository, DatabaseManager, loading
+from aegis_shared.database import BaseRepository, DatabaseManager, Linked, loading
 from aegis_shared.errors.exceptions import RelationshipNotLoadedError
 from aegis_shared.models import NAMING_CONVENTION, SoftDeleteMixin
 from aegis_shared.testing import count_queries
@@ -292,6 +292,66 @@ async def test_annotate_inside_a_transaction_sees_its_writes(db: DatabaseManager
         await session.rollback()
 
 
+async def test_annotate_flags_agree_with_linked_and_stay_one_statement(
+    db: DatabaseManager,
+) -> None:
+    """The RealWorld list's ``favorited`` and ``author.following`` for a reader, in the
+    page's own statement: the same answers as two ``linked()`` calls."""
+    everyone = await expected_articles(db)
+    async with db.session() as session:
+        articles = ArticleRepository(session)
+        users = ConduitUserRepository(session)
+        by_name = {u.username: u.id for u in await users.list()}
+        for reader in by_name.values():
+            flags = {
+                "favorites_count": "favorited_by",
+                "favorited": Linked("favorited_by", reader),
+                "following": Linked("author__followers", reader),
+                "author_articles": "author__articles",
+            }
+            with count_queries(db) as counter:
+                page = await articles.list(limit=30, order_by=NEWEST, annotate=flags)
+            assert counter.count == 1, counter.statements
+            ids = [a.id for a in page]
+            favorited = await articles.linked("favorited_by", ids, reader)
+            following = await users.linked("followers", {a.author_id for a in page}, reader)
+            written = await users.count_links("articles", {a.author_id for a in page})
+            for article in page:
+                assert article.favorited is (article.id in favorited)
+                assert article.following is (article.author_id in following)
+                assert article.author_articles == written[article.author_id]
+                assert article.favorites_count == everyone[article.id]["favorites"]
+    # Somebody follows somebody and favorited something: the flags are not all False.
+    assert any(a["followers"] for a in everyone.values())
+    assert any(a["favorites"] for a in everyone.values())
+
+
+async def test_annotate_flags_on_paginate_and_keyset(db: DatabaseManager) -> None:
+    async with db.session() as session:
+        articles = ArticleRepository(session)
+        reader = (await ConduitUserRepository(session).get_one_by(username="cat")).id
+        flags = {"favorited": Linked("favorited_by", reader)}
+        favorited = await articles.linked("favorited_by", range(1, 100), reader)
+        assert favorited  # cat favorited something
+        with count_queries(db) as counter:
+            page = await articles.paginate(offset=0, limit=50, order_by=NEWEST, annotate=flags)
+        assert counter.count == 2, counter.statements  # the page with its flags, the total
+        keyset = await articles.keyset(limit=50, order_by=NEWEST, annotate=flags)
+    assert {a.id for a in page.items if a.favorited} == favorited
+    assert {a.id for a in keyset.items if a.favorited} == favorited
+
+
+async def test_annotate_a_flag_for_an_id_no_row_can_hold(db: DatabaseManager) -> None:
+    huge = 2**40  # beyond the 32-bit id column: sent, it would be an overflow error
+    async with db.session() as session:
+        with count_queries(db) as counter:
+            page = await ArticleRepository(session).list(
+                limit=5, annotate={"favorited": Linked("favorited_by", huge)}
+            )
+    assert counter.count == 1
+    assert [a.favorited for a in page] == [False] * 5
+
+
 # -- bad input: ValueError before any SQL ----------------------------------------------------
 
 BAD: dict[str, tuple[Callable[[ArticleRepository], Awaitable[Any]], str]] = {
@@ -344,7 +404,10 @@ BAD: dict[str, tuple[Callable[[ArticleRepository], Awaitable[Any]], str]] = {
         lambda r: r.list(annotate={"n": "author"}),
         "Article.author is many-to-one",
     ),
-    "annotate a path": (lambda r: r.list(annotate={"n": "tags__name"}), "cannot use 'tags__name'"),
+    "annotate a path": (
+        lambda r: r.list(annotate={"n": "tags__name"}),
+        "got 'tags__name'; allowed: author__<relationship>",
+    ),
     "annotate a column name": (
         lambda r: r.list(annotate={"title": "tags"}),
         "annotate cannot set Article.title: Article already has an attribute of that name",
@@ -355,6 +418,30 @@ BAD: dict[str, tuple[Callable[[ArticleRepository], Awaitable[Any]], str]] = {
     ),
     "annotate a private name": (lambda r: r.list(annotate={"_n": "tags"}), "not starting with '_'"),
     "annotate a keyword": (lambda r: r.list(annotate={"class": "tags"}), "a Python identifier"),
+    "annotate a flag to a list": (
+        lambda r: r.list(annotate={"f": Linked("favorited_by", [1, 2])}),
+        "must be one ConduitUser id",
+    ),
+    "annotate a flag to None": (
+        lambda r: r.list(annotate={"f": Linked("favorited_by", None)}),
+        "must be one ConduitUser id",
+    ),
+    "annotate a flag on a column": (
+        lambda r: r.list(annotate={"f": Linked("title", 1)}),
+        "Article cannot use 'title'",
+    ),
+    "annotate through a to-many": (
+        lambda r: r.list(annotate={"n": "tags__articles"}),
+        "through one many-to-one relationship of Article on its own foreign key",
+    ),
+    "annotate two steps": (
+        lambda r: r.list(annotate={"n": Linked("author__articles__tags", 1)}),
+        "allowed: author__<relationship>",
+    ),
+    "annotate a number": (
+        lambda r: r.list(annotate={"n": 3}),
+        "annotate['n'] takes a relationship of Article to count or Linked(relationship, id)",
+    ),
     "annotate on paginate": (
         lambda r: r.paginate(annotate={"n": "author"}),
         "many-to-one",

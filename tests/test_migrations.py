@@ -239,3 +239,23 @@ def test_without_alembic_ini_url_or_database_url_the_default_is_migrated(
 ) -> None:
     command.upgrade(alembic_project(), "head")
     assert "alembic_version" in _tables(make_url(f"sqlite+aiosqlite:///{tmp_path}/aegis.db"))
+
+
+def test_database_direct_url_is_migrated_rather_than_a_pooler_in_front(
+    alembic_project: Callable[..., Config], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # DATABASE_URL (a pooler, here unusable) is left alone: DDL and its session-level
+    # lock timeout belong on the server itself.
+    monkeypatch.setenv("DATABASE_URL", f"oracle://app:{SECRET}@pooler/app")
+    monkeypatch.setenv("DATABASE_DIRECT_URL", f"sqlite+aiosqlite:///{tmp_path}/direct.db")
+    command.upgrade(alembic_project(), "head")
+    assert "alembic_version" in _tables(make_url(f"sqlite+aiosqlite:///{tmp_path}/direct.db"))
+
+
+def test_a_bad_direct_url_is_blamed_on_database_direct_url(
+    alembic_project: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_DIRECT_URL", f"oracle://app:{SECRET}@db/app")
+    message = _upgrade_error(alembic_project())
+    assert message.startswith("the DATABASE_DIRECT_URL environment variable uses driver 'oracle'")
+    assert message.endswith("set DATABASE_DIRECT_URL to your database URL")

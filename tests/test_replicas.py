@@ -1,5 +1,7 @@
 """Reads on streaming replicas, on the suite's own primary and standby (tests/replication.py):
-read-only work goes to a healthy replica, a unit of work never changes server, a client
+read-only work and a session's fast reads outside a transaction go to a healthy replica, a
+unit of work never changes server, a session that read on a replica and then writes builds
+only on what the primary has, a client
 always sees its own writes (in the same task, and over HTTP through the middleware's
 cookie) while other clients read from the replica, and an unhealthy replica is skipped
 without an error reaching the reads."""
@@ -19,8 +21,12 @@ from sqlalchemy import Integer, MetaData, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from aegis_shared.config import Settings
-from aegis_shared.database import BaseRepository, DatabaseManager, UnitOfWork
-from aegis_shared.errors.exceptions import ConfigurationError, ReadOnlySessionError
+from aegis_shared.database import BaseRepository, DatabaseManager, UnitOfWork, with_db_retry
+from aegis_shared.errors.exceptions import (
+    ConfigurationError,
+    ReadOnlySessionError,
+    TransactionConflictError,
+)
 from aegis_shared.web import ReadYourWritesMiddleware, install_error_handlers
 from tests.http import serve
 from tests.replication import Pair
@@ -94,7 +100,12 @@ async def test_read_only_work_goes_to_the_replica_and_the_rest_stays_on_the_prim
         assert await NoteRepository(session).count() == 0  # the fast path, there too
     async with NotesUnitOfWork(routed, read_only=True) as uow:
         assert await on_standby(uow.session)
+    # A plain session: its fast reads outside a transaction go to the replica, a statement
+    # of its own (an ORM read, a write) to the primary.
+    reads = routed.pool_status()["replica-0"]["reads"]
     async with routed.session() as session:
+        assert await NoteRepository(session).count() == 0
+        assert routed.pool_status()["replica-0"]["reads"] == reads + 1
         assert not await on_standby(session)
     # A unit of work that reads and then writes does both on the primary.
     async with NotesUnitOfWork(routed) as uow:
@@ -140,6 +151,116 @@ async def test_a_writer_sees_its_write_at_once_and_others_read_the_lagging_repli
         decisions
     )
     assert "read-only session on replica-0" in decisions
+
+
+def in_new_context(coro: Any) -> Any:
+    """``coro`` run as another client would: in a context without this task's writes."""
+    return asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
+
+
+async def test_a_session_that_read_on_a_stale_replica_and_writes_builds_on_the_primary(
+    routed: DatabaseManager, replication_pair: Pair
+) -> None:
+    async with routed.session() as session:
+        note = await NoteRepository(session).create({"body": "v1"})
+    await until(lambda: routed.pool_status()["replica-0"]["lag_ms"] < 100, "the replica caught up")
+    await asyncio.sleep(0.5)  # past the clock skew: the replica serves this note's readers
+    replication_pair.set_apply_delay(2.0)
+    await asyncio.sleep(0.2)
+
+    async def change_elsewhere() -> None:
+        async with routed.session() as session:
+            await NoteRepository(session).update(note.id, body="v2")
+
+    await in_new_context(change_elsewhere())
+
+    async def read_plain() -> str:
+        async with routed.session() as session:
+            return (await NoteRepository(session).get_one(note.id)).body
+
+    async def read_in_unit_of_work() -> str:
+        async with NotesUnitOfWork(routed) as uow:
+            return (await uow.notes.get_one(note.id)).body
+
+    # A plain session's fast read is the replica's (2 s behind); a unit of work's the primary's.
+    assert await in_new_context(read_plain()) == "v1"
+    assert await in_new_context(read_in_unit_of_work()) == "v2"
+
+    async def append_once() -> None:
+        async with routed.session() as session:
+            notes = NoteRepository(session)
+            current = await notes.get_one(note.id)  # the replica: "v1"
+            await notes.update(current.id, body=current.body + "!")  # the primary
+
+    # Building on the replica's stale answer would lose "v2": the write's transaction
+    # repeats the read on the primary, finds it changed, and refuses.
+    with pytest.raises(TransactionConflictError, match="Retry"):
+        await in_new_context(append_once())
+
+    attempts = 0
+
+    @with_db_retry(max_attempts=3)
+    async def append() -> None:
+        nonlocal attempts
+        attempts += 1
+        await append_once()  # a retry reads on the primary: the conflict asked for news
+
+    await in_new_context(append())
+    assert attempts == 2
+    async with NotesUnitOfWork(routed) as uow:
+        assert (await uow.notes.get_one(note.id)).body == "v2!"
+
+
+async def test_a_plain_session_reads_its_own_writes_and_an_unchanged_read_writes_once(
+    routed: DatabaseManager, replication_pair: Pair
+) -> None:
+    replication_pair.set_apply_delay(2.0)
+    await asyncio.sleep(0.2)
+
+    async def write_then_read() -> tuple[str, str]:
+        async with routed.session() as session:
+            note = await NoteRepository(session).create({"body": "mine"})
+        async with routed.session() as session:
+            notes = NoteRepository(session)
+            seen = (await notes.get_one(note.id)).body  # the primary: the replica lags
+            await notes.update(note.id, body="mine, edited")  # unchanged: no conflict
+        async with routed.session() as session:
+            return seen, (await NoteRepository(session).get_one(note.id)).body
+
+    assert await in_new_context(write_then_read()) == ("mine", "mine, edited")
+
+
+async def test_a_fast_read_on_a_replica_that_just_went_away_is_answered_by_the_primary(
+    routed: DatabaseManager, replication_pair: Pair
+) -> None:
+    # A monitor that looks once: the replica stays "healthy" after it stops, as it would
+    # between two checks.
+    db = DatabaseManager(
+        replication_pair.primary,
+        pool_size=2,
+        replica_urls=[replication_pair.standby],
+        replica_check_interval=3600,
+    )
+    try:
+        async with db.session() as session:
+            note = await NoteRepository(session).create({"body": "kept"})
+        await asyncio.sleep(0.5)  # past the clock skew
+
+        async def read() -> str:
+            async with db.session() as session:
+                return (await NoteRepository(session).get_one(note.id)).body
+
+        assert await in_new_context(read()) == "kept"
+        assert db.pool_status()["replica-0"]["reads"] == 1  # the replica answered
+        replication_pair.stop_standby()
+        try:
+            assert await in_new_context(read()) == "kept"  # no error: the primary answered
+            status = db.pool_status()["replica-0"]
+            assert status["reads"] == 2 and status["healthy"] == 1  # routed there, failed over
+        finally:
+            replication_pair.start_standby()
+    finally:
+        await db.close()
 
 
 def app_on(db: DatabaseManager) -> FastAPI:

@@ -4,6 +4,7 @@
 ...     with_db_retry, UnitOfWork, get_session, provide_services)
 """
 
+from aegis_shared.database.annotations import Linked
 from aegis_shared.database.dependencies import get_background_session, get_session
 from aegis_shared.database.manager import DatabaseManager
 from aegis_shared.database.pagination import KeysetPage, Page
@@ -22,6 +23,7 @@ __all__ = [
     "BaseRepository",
     "DatabaseManager",
     "KeysetPage",
+    "Linked",
     "ListTruncatedWarning",
     "Page",
     "TransactionManager",

@@ -16,6 +16,7 @@ ORM path; the conditions are in :func:`session_is_idle` and :func:`ModelReader.e
 
 from __future__ import annotations
 
+import time
 import warnings
 import weakref
 from collections import OrderedDict
@@ -35,6 +36,7 @@ from sqlalchemy.util.concurrency import greenlet_spawn
 
 from aegis_shared.database import cursor_events, drivers, lookups, pagination
 from aegis_shared.database.engine import driver_failure
+from aegis_shared.database.replicas import require_read_after
 from aegis_shared.database.session import CLOSED_KEY, HOLDS_CONNECTION_KEY, AegisSyncSession
 from aegis_shared.database.write_intent import WRITE_KEY
 from aegis_shared.errors.exceptions import DatabaseConnectionError, TransactionConflictError
@@ -42,6 +44,12 @@ from aegis_shared.errors.exceptions import DatabaseConnectionError, TransactionC
 #: ``session.info`` key holding the ``AsyncEngine`` fast reads run on; the manager sets it
 #: on the sessions it makes (unless ``fast_path=False``).
 FAST_PATH_ENGINE_KEY: Final = "aegis.fast_path_engine"
+#: ``session.info`` key holding, for a session whose fast reads may go to a replica, an
+#: async callable that chooses one: a replica's ``AsyncEngine``, or ``None`` for the
+#: primary. The manager sets it on its sessions when it has replicas; a unit of work
+#: removes it (:func:`pin_server`).
+FAST_READ_ROUTER_KEY: Final = "aegis.fast_read_router"
+_ROUTED_ENGINE: Final = "aegis.routed_engine"
 _UNCHECKED_READS: Final = "aegis.unchecked_fast_reads"
 _EAGER = frozenset({"joined", "selectin", "subquery", "immediate"})
 _LOOSE_ISOLATION = frozenset({"READ COMMITTED", "READ UNCOMMITTED", "AUTOCOMMIT"})
@@ -53,6 +61,8 @@ class _Read:
     sql: str
     params: list[Any]
     rows: list[tuple[Any, ...]]
+    #: Read on a replica (the check then also covers replication lag).
+    on_replica: bool = False
 
 
 class Unavailable:
@@ -80,11 +90,17 @@ def _transaction_began(
 def _transaction_ended(session: AegisSyncSession, transaction: SessionTransaction) -> None:
     if transaction.parent is None:
         session.info.pop(_UNCHECKED_READS, None)
+        # After a commit the context may have new writes to see: choose again.
+        session.info.pop(_ROUTED_ENGINE, None)
 
 
 def _check_reads_unchanged(connection: Connection, reads: list[_Read]) -> None:
     """Repeat the fast reads inside the transaction that just began; refuse to go on if
     any answer changed.
+
+    Fast reads that ran on a replica are repeated the same way under any isolation
+    level: so a session that read on a replica and then writes on the primary builds only
+    on what the primary has, whatever the replica's lag.
 
     Under REPEATABLE READ or SERIALIZABLE (and on SQLite, always) a unit of work's reads
     belong to its transaction's snapshot, so a read-modify-write cannot silently build on
@@ -97,6 +113,10 @@ def _check_reads_unchanged(connection: Connection, reads: list[_Read]) -> None:
     for read in reads:
         rows = connection.exec_driver_sql(read.sql, tuple(read.params)).fetchall()
         if [tuple(row) for row in rows] != read.rows:
+            if any(read.on_replica for read in reads):
+                # The replica may simply not have had the change yet: the retry must read
+                # data at least as new as now, which sends it to the primary.
+                require_read_after(time.time())
             raise TransactionConflictError(
                 "Rows this unit of work read changed before it wrote, so its transaction "
                 "cannot build on them. Retry the whole unit of work, for example with "
@@ -342,12 +362,47 @@ async def run(
     begins (see :func:`_check_reads_unchanged`).
     """
     params = plan.params(values)
-    strict = await _isolation_is_strict(engine)
-    rows = await _execute(engine, plan.sql, params)
-    if strict and not isinstance(rows, Unavailable):
-        read = _Read(plan.sql, params, [tuple(row) for row in rows])
+    replica = await _replica_for(session)
+    rows: list[Any] | Unavailable
+    if replica is not None:
+        try:
+            rows = await _execute(replica, plan.sql, params)
+        except DatabaseConnectionError:
+            # The replica went away after the monitor's last look: the primary answers
+            # (the read is not lost), and this session's later reads stay there.
+            session.info[_ROUTED_ENGINE] = replica = None
+            rows = await _execute(engine, plan.sql, params)
+    else:
+        rows = await _execute(engine, plan.sql, params)
+    check = replica is not None or await _isolation_is_strict(engine)
+    if check and not isinstance(rows, Unavailable):
+        read = _Read(plan.sql, params, [tuple(row) for row in rows], replica is not None)
         session.info.setdefault(_UNCHECKED_READS, []).append(read)
     return rows
+
+
+async def _replica_for(session: AsyncSession) -> AsyncEngine | None:
+    """The replica this idle session's fast reads go to, or ``None`` for the primary.
+
+    Chosen once per stretch outside a transaction, so that the reads of one request (a
+    page, then its authors) come from one server, and again after a transaction ends.
+    """
+    info = session.info
+    router = info.get(FAST_READ_ROUTER_KEY)
+    if router is None:
+        return None
+    if _ROUTED_ENGINE not in info:
+        info[_ROUTED_ENGINE] = await router()
+    engine: AsyncEngine | None = info[_ROUTED_ENGINE]
+    return engine
+
+
+def pin_server(session: AsyncSession) -> None:
+    """Keep every read of ``session`` on the server its session was made for from now on:
+    a unit of work's first read and its last write run on the same one, and a read-only
+    session that was sent to the primary does not choose again."""
+    session.info.pop(FAST_READ_ROUTER_KEY, None)
+    session.info.pop(_ROUTED_ENGINE, None)
 
 
 async def fetch(

@@ -15,7 +15,11 @@ from sqlalchemy.pool import Pool
 
 from aegis_shared.database.dialects import EngineOptions
 from aegis_shared.database.engine import build_engine
-from aegis_shared.database.fast_path import FAST_PATH_ENGINE_KEY
+from aegis_shared.database.fast_path import (
+    FAST_PATH_ENGINE_KEY,
+    FAST_READ_ROUTER_KEY,
+    pin_server,
+)
 from aegis_shared.database.replicas import Replica, ReplicaSet, read_after
 from aegis_shared.database.repository import MAX_PAGE_SIZE_KEY
 from aegis_shared.database.session import (
@@ -201,8 +205,6 @@ class DatabaseManager:
                 max_overflow=background_max_overflow,
                 **common,
             )
-        self._sessions = self._sessionmaker(self._engine)
-        self._background_sessions = self._sessionmaker(self._background_engine)
         #: Seconds a replica may lag before reads skip it (``DATABASE_REPLICA_MAX_LAG``).
         self.replica_max_lag = replica_max_lag
         self._replicas = self._replica_set(
@@ -213,6 +215,10 @@ class DatabaseManager:
             max_overflow=max_overflow,
             common=common,
         )
+        # With replicas, the fast reads of a session outside a transaction may go to one
+        # (fast_path.run); background sessions write logs and jobs, and stay put.
+        self._sessions = self._sessionmaker(self._engine, route=self._replicas is not None)
+        self._background_sessions = self._sessionmaker(self._background_engine)
 
     def _replica_set(
         self,
@@ -264,7 +270,7 @@ class DatabaseManager:
         return self.fast_path and not is_sqlite_memory(self.url)
 
     def _sessionmaker(
-        self, engine: AsyncEngine, *, replica: bool = False
+        self, engine: AsyncEngine, *, replica: bool = False, route: bool = False
     ) -> async_sessionmaker[AegisSession]:
         # expire_on_commit=False: objects stay readable after commit without a lazy
         # refresh, which async code cannot do. close_resets_only=False: a closed session
@@ -274,6 +280,8 @@ class DatabaseManager:
             info[ON_REPLICA_KEY] = True
         if self._fast_reads_on():
             info[FAST_PATH_ENGINE_KEY] = engine
+            if route:
+                info[FAST_READ_ROUTER_KEY] = self._fast_read_replica
         return async_sessionmaker(
             engine,
             class_=AegisSession,
@@ -407,6 +415,13 @@ class DatabaseManager:
         replica = await self._replicas.choose(read_after())
         return self._sessions if replica is None else replica.sessions
 
+    async def _fast_read_replica(self) -> AsyncEngine | None:
+        """The engine of a replica that has this context's writes, for a session's fast
+        reads outside a transaction; ``None``: the primary."""
+        assert self._replicas is not None
+        replica = await self._replicas.choose(read_after())
+        return None if replica is None else replica.engine
+
     @asynccontextmanager
     async def background_session(self, *, write: bool = False) -> AsyncIterator[AegisSession]:
         """Like :meth:`session`, on the background pool."""
@@ -423,6 +438,7 @@ class DatabaseManager:
             declare_write(session)
         if read_only:
             declare_read_only(session)
+            pin_server(session)  # it chose its server already (read_factory)
         try:
             yield session
         except BaseException:
@@ -462,8 +478,8 @@ class DatabaseManager:
     def pool_status(self) -> dict[str, dict[str, int]]:
         """Size, checked-out and overflow connections of the main and background pools;
         with replicas, each replica's pool, health (``healthy`` 0/1, ``lag_ms``) and the
-        read-only sessions routed to it (``reads``; the primary's: ``read_only_sessions``
-        of ``main``)."""
+        read-only sessions and stretches of fast reads routed to it (``reads``; those the
+        primary answered instead: ``read_only_sessions`` of ``main``)."""
         status = {
             "main": _pool_figures(self._engine.pool),
             "background": _pool_figures(self._background_engine.pool),

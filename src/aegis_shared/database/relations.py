@@ -181,7 +181,7 @@ def _dialect(session: AsyncSession, mapper: Mapper[Any]) -> Dialect:
     return bind.dialect
 
 
-def _id(mapper: Mapper[Any], role: str, value: Any) -> Any:
+def check_id(mapper: Mapper[Any], role: str, value: Any) -> Any:
     """``value`` as one id of ``mapper``'s rows; ValueError for None or a collection."""
     if value is None or isinstance(value, (list, tuple, set, frozenset, dict)):
         raise ValueError(f"{role} must be one {mapper.class_.__name__} id, got {value!r}"[:200])
@@ -195,7 +195,7 @@ def _ids(mapper: Mapper[Any], role: str, values: Any) -> list[Any]:
     out: list[Any] = []
     seen: set[Any] = set()
     for value in values:
-        _id(mapper, role, value)
+        check_id(mapper, role, value)
         if value not in seen:
             seen.add(value)
             out.append(value)
@@ -241,7 +241,7 @@ def _link_request(
     """The relationship, parent id, target ids (those a row can have) and dialect of a
     link call, all checked before any SQL; ``None`` when no row can have the parent id."""
     rel = relation(mapper, key, write=True)
-    parent_id = _id(mapper, id_text, id)
+    parent_id = check_id(mapper, id_text, id)
     targets = _ids(rel.target, ids_text, ids)
     dialect = _dialect(session, mapper)
     if integer_ranges.ranges_for(mapper, dialect).impossible_id(parent_id):
@@ -398,7 +398,7 @@ async def linked(
     """Those of ``ids`` linked to the target row ``to``, in one statement."""
     rel = relation(mapper, key)
     parents = _ids(mapper, "the ids to test", ids)
-    other = _id(rel.target, "the id to test for", to)
+    other = check_id(rel.target, "the id to test for", to)
     dialect = _dialect(session, mapper)
     possible = _possible(integer_ranges.ranges_for(mapper, dialect), parents)
     if not possible or integer_ranges.ranges_for(rel.target, dialect).impossible_id(other):

@@ -1,9 +1,12 @@
 """Streaming replicas: which server a read-only session reads on, and read-your-writes.
 
 A manager with ``replica_urls`` sends read-only work (``db.session(read_only=True)``,
-``UnitOfWork(read_only=True)``) to a healthy replica that has everything the client must
-see, else to the primary. Everything else stays on the primary, and a session never moves:
-its first read and its last write run on the same server.
+``UnitOfWork(read_only=True)``) and a plain session's fast reads outside a transaction
+(:mod:`~aegis_shared.database.fast_path`) to a healthy replica that has everything the
+client must see, else to the primary. Everything else stays on the primary: a unit of work
+that may write runs its first read and its last write there, and a plain session that read
+on a replica and then writes repeats those reads on the primary first (a changed answer is
+a ``TransactionConflictError``, whose retry reads on the primary).
 
 **What a replica has.** A monitor task samples the primary's WAL position (one statement
 per ``check_interval``, 0.25 s by default) and each replica's replay position. A replica

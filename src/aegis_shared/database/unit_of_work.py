@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Self, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aegis_shared.database.fast_path import pin_server
 from aegis_shared.database.manager import DatabaseManager
 from aegis_shared.database.registry import get_database
 from aegis_shared.database.repository import BaseRepository
@@ -126,6 +127,10 @@ class UnitOfWork:
         return cls(session=session, write=write)
 
     def _bind(self, session: AegisSession) -> None:
+        # A unit of work that may write reads where it writes, the primary, from its first
+        # read on; a read-only one stays where its session was sent (a replica, or the
+        # primary when none had this context's writes).
+        pin_server(session)
         self._session = session
         self._state = "open"
         for name, repository in self._declared_repositories().items():

@@ -8,7 +8,8 @@ A project's ``alembic/env.py`` becomes::
     run_migrations(Base.metadata)
 
 The URL is the one passed in, else ``sqlalchemy.url`` of ``alembic.ini`` when set, else
-``DATABASE_URL`` (through :class:`~aegis_shared.config.Settings`). A URL that cannot be used
+``DATABASE_DIRECT_URL`` when set (the server itself, when ``DATABASE_URL`` is a pooler),
+else ``DATABASE_URL`` (through :class:`~aegis_shared.config.Settings`). A URL that cannot be used
 fails with :class:`~aegis_shared.errors.exceptions.ConfigurationError` naming where it came
 from (Alembic's stock placeholder ``driver://user:pass@localhost/dbname`` included), its
 password masked.
@@ -28,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from alembic import context
-from sqlalchemy import MetaData, pool
+from alembic.config import Config
+from sqlalchemy import MetaData, pool, text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -39,13 +41,21 @@ from aegis_shared.errors.exceptions import ConfigurationError
 ALEMBIC_PLACEHOLDER = "driver://user:pass@localhost/dbname"
 
 
-def _url(url: str | None) -> tuple[str, str, str]:
-    """The URL to migrate, where it came from, and what to do if it is wrong."""
+#: ``Config.attributes`` key of the DDL lock timeout in seconds (``aegis db upgrade
+#: --ddl-lock-timeout``): how long one DDL statement may wait for a table lock before it
+#: fails, instead of queueing every query of that table behind it while it waits.
+DDL_LOCK_TIMEOUT_ATTRIBUTE = "aegis_ddl_lock_timeout"
+
+
+def migration_url(config: Config, url: str | None = None) -> tuple[str, str, str]:
+    """The URL ``config``'s migrations run on, where it came from, and what to do if it is
+    wrong: ``url`` when given, else ``sqlalchemy.url`` of ``alembic.ini`` when set, else
+    ``DATABASE_DIRECT_URL`` (the server without a pooler) when set, else ``DATABASE_URL``."""
     if url:
         return url, "the url argument of run_migrations()", "pass a database URL"
-    configured = context.config.get_main_option("sqlalchemy.url")
+    configured = config.get_main_option("sqlalchemy.url")
     if configured:
-        ini = context.config.config_file_name
+        ini = config.config_file_name
         where = f"sqlalchemy.url in {Path(ini).name if ini else 'the Alembic config'}"
         return (
             configured,
@@ -54,11 +64,27 @@ def _url(url: str | None) -> tuple[str, str, str]:
         )
     from aegis_shared.config import Settings
 
-    if any(name.upper() == "DATABASE_URL" for name in os.environ):  # as Settings reads it
+    settings = Settings()
+    names = {name.upper() for name in os.environ}  # as Settings reads them
+    if settings.database_direct_url:
+        # DDL and the session-level settings below belong on the server itself, not on a
+        # transaction pooler in front of it.
+        where = (
+            "the DATABASE_DIRECT_URL environment variable"
+            if "DATABASE_DIRECT_URL" in names
+            else "DATABASE_DIRECT_URL (from .env)"
+        )
+        return settings.database_direct_url, where, "set DATABASE_DIRECT_URL to your database URL"
+    if "DATABASE_URL" in names:
         where = "the DATABASE_URL environment variable"
     else:
         where = "DATABASE_URL (from .env, or the default)"
-    return Settings().database_url, where, "set DATABASE_URL to your database URL"
+    return settings.database_url, where, "set DATABASE_URL to your database URL"
+
+
+def _url(url: str | None) -> tuple[str, str, str]:
+    """The URL to migrate, where it came from, and what to do if it is wrong."""
+    return migration_url(context.config, url)
 
 
 def _database_url(url: str | None) -> URL:
@@ -132,7 +158,29 @@ def _configure(connection: Connection | None, metadata: MetaData, url: URL, **ex
         context.configure(connection=connection, **options)
 
 
+def _set_ddl_lock_timeout(connection: Connection) -> None:
+    """Bound each DDL statement's wait for a table lock, when the command asked for it.
+
+    Session-level (and committed at once, before Alembic looks at the connection, which
+    would otherwise take the open transaction for the caller's): it holds for every
+    migration of the run. SQLite has no table locks; its busy timeout bounds the wait.
+    """
+    seconds = context.config.attributes.get(DDL_LOCK_TIMEOUT_ATTRIBUTE)
+    if seconds is None:
+        return
+    name = connection.dialect.name
+    if name == "postgresql":
+        connection.execute(text(f"SET lock_timeout = {int(float(seconds) * 1000)}"))
+    elif name in ("mysql", "mariadb"):
+        # Whole seconds, at least one: 0 would mean "do not wait at all" on MariaDB.
+        connection.execute(text(f"SET SESSION lock_wait_timeout = {max(1, round(float(seconds)))}"))
+    else:
+        return
+    connection.commit()
+
+
 def _run_sync(connection: Connection, metadata: MetaData, url: URL, extra: dict[str, Any]) -> None:
+    _set_ddl_lock_timeout(connection)
     _configure(connection, metadata, url, **extra)
     with context.begin_transaction():
         context.run_migrations()

@@ -17,6 +17,7 @@ from sqlalchemy.orm import ColumnProperty, InstrumentedAttribute, Mapper, Relati
 from sqlalchemy.orm.attributes import instance_state
 
 from aegis_shared.database import integer_ranges, lookups, scopes
+from aegis_shared.database.annotations import Linked
 from aegis_shared.database.pagination import whole_number
 from aegis_shared.database.scopes import Scope
 
@@ -28,8 +29,9 @@ Where = Sequence[ColumnElement[bool]]
 OrderBy = str | ColumnElement[Any] | InstrumentedAttribute[Any]
 #: ``load=``: relationship names (or ``__`` paths) to load with the rows.
 Load = Sequence[str]
-#: ``annotate=``: attribute name -> to-many relationship whose links each row counts.
-Annotate = Mapping[str, str]
+#: ``annotate=``: attribute name -> to-many relationship whose links each row counts, or
+#: ``Linked(relationship, id)``: whether each row is linked to that row.
+Annotate = Mapping[str, str | Linked]
 
 
 #: Most terms one ``order_by`` may hold. Each distinct ordering compiles (and caches) its

@@ -120,7 +120,7 @@ class Pages(Reads[ModelT]):
         position = None if after is None else pagination.decode(self._mapper, order, after)
         size = self._limit(whole_number("limit", limit, 1))
         paths = loading.parse(self._mapper, load)
-        counts = annotating.parse(self._mapper, annotate)
+        counts = annotating.parse(self._mapper, annotate, self._dialect())
         if query is None:
             return KeysetPage(items=[], next=None, limit=size, total=0 if with_total else None)
         rows = await self._keyset_rows(query, order, position, size + 1, options, paths, counts)

@@ -244,7 +244,7 @@ class Reads(Core[ModelT]):
         skip, given = self._skip(skip), limit
         limit = self._limit(limit)
         paths = loading.parse(self._mapper, load)
-        counts = annotating.parse(self._mapper, annotate)
+        counts = annotating.parse(self._mapper, annotate, self._dialect())
         if query is None:
             return []
         if given is not None:
@@ -271,7 +271,7 @@ class Reads(Core[ModelT]):
         limit: int,
         options: Sequence[ORMOption] | None,
         paths: tuple[loading.Path, ...] = (),
-        counts: annotating.Annotations = (),
+        counts: annotating.Annotations = annotating.NONE,
     ) -> builtins.list[ModelT]:
         if not options and keys is not None:
             rows = await self._fast_list(query, keys, skip, limit, paths, counts)
@@ -311,7 +311,7 @@ class Reads(Core[ModelT]):
         skip: int,
         limit: int,
         paths: tuple[loading.Path, ...] = (),
-        counts: annotating.Annotations = (),
+        counts: annotating.Annotations = annotating.NONE,
     ) -> builtins.list[ModelT] | None:
         shape = query.fast()
         ready = self._fast_reader() if shape is not None else None
