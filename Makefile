@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The reference application (src/aegis_demo) on embedded SQLite: http://127.0.0.1:8000,
+# printed with the operator panel's token; Ctrl-C stops it. DATABASE_URL picks another
+# database; python -m aegis_demo --help lists the options.
 demo: $(STAMP)
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/python -m aegis_demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples

@@ -8,7 +8,6 @@ Over a real uvicorn server and a real streaming client, on SQLite and PostgreSQL
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +20,7 @@ from aegis_shared.database import DatabaseManager
 from aegis_shared.errors.exceptions import RelationshipNotLoadedError
 from tests.conftest import MakeDb
 from tests.http import serve
+from tests.waiting import until
 
 TIMEOUT = 10
 on_sqlite_and_postgres = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
@@ -35,12 +35,6 @@ async def answers(db: DatabaseManager) -> list[tuple[str, str, bool]]:
     async with db.session() as session:
         rows = await session.scalars(select(ChatAnswer).order_by(ChatAnswer.id))
         return [(a.question, a.answer, a.complete) for a in rows]
-
-
-async def until(condition: Any) -> None:
-    async with asyncio.timeout(TIMEOUT):
-        while not await condition():  # noqa: ASYNC110 (polls the database)
-            await asyncio.sleep(0.02)
 
 
 def idle(db: DatabaseManager) -> bool:

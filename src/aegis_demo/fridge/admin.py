@@ -26,6 +26,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from aegis_demo.errors import errors
 from aegis_shared.sessions import SessionStore
 
 logger = logging.getLogger("aegis_demo.fridge.admin")
@@ -105,6 +106,12 @@ class CleanupJobs:
             await asyncio.wait([task])
 
 
+def token_matches(guess: str, token: str) -> bool:
+    """Is ``guess`` the admin token? In constant time: the time taken must not tell how
+    much of a guess was right."""
+    return secrets.compare_digest(guess.encode(), token.encode())
+
+
 _bearer = HTTPBearer(auto_error=False, description="FRIDGE_ADMIN_TOKEN")
 
 
@@ -123,10 +130,7 @@ class RequireAdmin:
                 status.HTTP_403_FORBIDDEN,
                 "The admin endpoints are disabled: set FRIDGE_ADMIN_TOKEN to enable them.",
             )
-        # compare_digest: the time taken must not tell how much of a guess was right.
-        if credentials is None or not secrets.compare_digest(
-            credentials.credentials.encode(), self.token.encode()
-        ):
+        if credentials is None or not token_matches(credentials.credentials, self.token):
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
                 "Send the admin token as 'Authorization: Bearer <token>'.",
@@ -137,7 +141,15 @@ class RequireAdmin:
 def admin_router(store: SessionStore, token: str | None, jobs: CleanupJobs) -> APIRouter:
     """The admin endpoints, each requiring ``Authorization: Bearer <token>``."""
     require_admin = RequireAdmin(token)
-    router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], tags=["admin"])
+    router = APIRouter(
+        prefix="/admin",
+        dependencies=[Depends(require_admin)],
+        tags=["admin"],
+        responses=errors(
+            (401, "The admin token is missing or wrong."),
+            (403, "The admin endpoints are disabled (no FRIDGE_ADMIN_TOKEN)."),
+        ),
+    )
 
     @router.get("/session-stats")
     async def session_stats() -> dict[str, Any]:
@@ -159,7 +171,7 @@ def admin_router(store: SessionStore, token: str | None, jobs: CleanupJobs) -> A
         response.headers["Location"] = job.json()["status_url"]
         return {"message": "Session cleanup started", "job": job.json()}
 
-    @router.get("/cleanup-sessions/{job_id}")
+    @router.get("/cleanup-sessions/{job_id}", responses=errors((404, "No such cleanup job.")))
     async def cleanup_status(job_id: str) -> dict[str, Any]:
         """A cleanup job's progress: batches committed, sessions deleted, its status."""
         job = jobs.jobs.get(job_id)
