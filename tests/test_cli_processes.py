@@ -4,7 +4,6 @@ failures without passwords, the missing-extra hints and ``aegis demo``."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import signal
 import subprocess
@@ -279,15 +278,12 @@ def test_demo_without_the_application_says_how_to_install_it(tmp_path: Path) -> 
     assert 'pip install "aegis-shared[demo]"' in line
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("aegis_demo.serve") is None,
-    reason="aegis_demo.serve (the reference application's server) is not there yet",
-)
-def test_demo_serves_prints_its_url_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+@pytest.mark.parametrize("json_output", [False, True], ids=["text", "json"])
+def test_demo_serves_prints_its_url_and_stops_on_ctrl_c(tmp_path: Path, json_output: bool) -> None:
     port = free_port()
     env = cli_env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/demo.db")
     process = subprocess.Popen(
-        [*aegis(), "demo", "--port", str(port)],
+        [*aegis(), "demo", "--port", str(port), *(["--json"] if json_output else [])],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -297,7 +293,17 @@ def test_demo_serves_prints_its_url_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     try:
         assert process.stdout is not None
         url = f"http://127.0.0.1:{port}"
-        assert url in process.stdout.readline()
+        first = process.stdout.readline()
+        if json_output:
+            text = first
+            while not text.startswith("{") or not text.rstrip().endswith("\n}"):
+                text += process.stdout.readline()  # the indented document, to its last "}"
+            document = json.loads(text)
+            assert document["ok"] is True and document["url"] == url
+            assert document["operator"] == f"{url}/operator" and document["admin_token"]
+        else:
+            assert url in first
+            assert "admin token:" in process.stdout.readline()
         for _ in range(300):
             try:
                 response = httpx.get(f"{url}/", timeout=2)
@@ -310,7 +316,10 @@ def test_demo_serves_prints_its_url_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert response.status_code == 200
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) in (0, 130, -signal.SIGINT)
-        assert "Traceback" not in process.communicate()[1]
+        rest, errors = process.communicate()
+        assert "Traceback" not in errors
+        if json_output:
+            assert rest.strip() == ""  # one document on stdout, nothing after it
     finally:
         if process.poll() is None:
             process.kill()

@@ -16,7 +16,7 @@ import secrets
 
 import uvicorn
 
-__all__ = ["is_loopback", "serve"]
+__all__ = ["admin_token", "is_loopback", "serve"]
 
 
 def is_loopback(host: str) -> bool:
@@ -34,8 +34,19 @@ def _url(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1) -> None:
-    """Serve ``aegis_demo.app:create_app`` on ``host:port`` until Ctrl-C; prints its URL.
+def admin_token() -> str:
+    """The operator panel's token: ``FRIDGE_ADMIN_TOKEN``, else one generated now and put
+    there, so that every worker process and a later call see the same."""
+    token = os.environ.get("FRIDGE_ADMIN_TOKEN") or secrets.token_urlsafe(18)
+    os.environ["FRIDGE_ADMIN_TOKEN"] = token
+    return token
+
+
+def serve(
+    host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1, quiet: bool = False
+) -> None:
+    """Serve ``aegis_demo.app:create_app`` on ``host:port`` until Ctrl-C; prints its URL
+    and the operator panel's token (``quiet=True``: nothing, for a caller that says it).
 
     The settings go to the worker processes through the environment (uvicorn starts them
     with this one's), which is why they are set there rather than passed.
@@ -44,12 +55,12 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1) -> Non
         raise ValueError(f"workers={workers} is invalid: give 1 or more worker processes")
     if is_loopback(host):
         os.environ.setdefault("SESSION_COOKIE_SECURE", "false")
-    token = os.environ.get("FRIDGE_ADMIN_TOKEN") or secrets.token_urlsafe(18)
-    os.environ["FRIDGE_ADMIN_TOKEN"] = token
+    token = admin_token()
     os.environ.setdefault("DEMO_CSRF_SECRET", secrets.token_urlsafe(32))
     url = _url(host, port)
-    print(f"aegis demo: {url} (Ctrl-C stops it)", flush=True)
-    print(f"operator panel: {url}/operator  admin token: {token}", flush=True)
+    if not quiet:
+        print(f"aegis demo: {url} (Ctrl-C stops it)", flush=True)
+        print(f"operator panel: {url}/operator  admin token: {token}", flush=True)
     uvicorn.run(
         "aegis_demo.app:create_app",
         factory=True,

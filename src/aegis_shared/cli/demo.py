@@ -33,10 +33,18 @@ def demo(
         except ImportError as exc:
             missing = getattr(exc, "name", None) or "aegis_demo"
             fail(f"the reference application needs {missing!r}, which is missing: {DEMO_HINT}")
-        url = f"http://{host}:{port}"
-        if output.json:
-            output.document({"ok": True, "url": url})
-        else:
-            output.out.print(f"Serving the reference application at {url} (Ctrl-C stops it)")
+        if not output.json:
+            serve_module.serve(host, port)  # it prints the URL and the operator's token
+            return
+        # --json: one document on stdout and nothing after it.
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        output.document(
+            {
+                "ok": True,
+                "url": url,
+                "operator": f"{url}/operator",
+                "admin_token": serve_module.admin_token(),
+            }
+        )
         sys.stdout.flush()
-        serve_module.serve(host, port)
+        serve_module.serve(host, port, quiet=True)
