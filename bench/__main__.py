@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> None:
             from bench import deploy
 
             deploy.run(**kwargs)
+        elif command == "reference":
+            from bench import reference
+
+            reference.run(**kwargs)
         elif command == "profile":
             from bench import profile
 

@@ -33,17 +33,19 @@ ARRIVAL_TIMEOUT = 5.0
 
 
 @asynccontextmanager
-async def worker(db_url: URL, log: Path) -> AsyncIterator[str]:
-    """``uvicorn aegis_demo.fridge.app:app`` as its own process; yields its base URL."""
+async def worker(
+    db_url: URL, log: Path, target: str = "aegis_demo.fridge.app:app", **extra_env: str
+) -> AsyncIterator[str]:
+    """``uvicorn <target>`` (the fridge app by default) as its own process; yields its
+    base URL."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("DATABASE_")}
     env |= {
         "DATABASE_URL": db_url.render_as_string(hide_password=False),
         "SESSION_COOKIE_SECURE": "false",
         "FRIDGE_ADMIN_TOKEN": "test-admin-token-0123456789",
+        **extra_env,
     }
-    async with uvicorn(
-        "aegis_demo.fridge.app:app", env=env, log=log, ready_path="/ingredients"
-    ) as base:
+    async with uvicorn(target, env=env, log=log, ready_path="/ingredients") as base:
         yield base
 
 
