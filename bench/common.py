@@ -22,7 +22,17 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 #: Every scenario, in the order ``python -m bench all`` runs them and the report lists them.
-SCENARIOS = ("reads", "lists", "queries", "bulk", "http", "sessions", "events", "deploy")
+SCENARIOS = (
+    "reads",
+    "lists",
+    "queries",
+    "bulk",
+    "http",
+    "sessions",
+    "litestar",
+    "events",
+    "deploy",
+)
 
 DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/aegis_bench"
 PG_URL = os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL)
@@ -421,6 +431,7 @@ def environment() -> dict[str, Any]:
                         "sqlmodel",
                         "fastapi",
                         "starlette",
+                        "litestar",
                         "uvicorn",
                         "uvloop",
                         "httptools",
