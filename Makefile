@@ -35,9 +35,10 @@ test: lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # Benchmarks against the peers (docs/benchmarks.md): the bench extra holds the peers and
-# tools, never runtime dependencies. Needs PostgreSQL (BENCH_PG_URL); wrk if installed.
+# tools, never runtime dependencies, and the litestar extra is the framework of the litestar
+# scenario. Needs PostgreSQL (BENCH_PG_URL); wrk if installed (the session scenarios need it).
 $(BENCH_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python -m pip install --quiet -e ".[bench,litestar]"
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

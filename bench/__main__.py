@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> None:
             from bench import sessions
 
             sessions.run(run, **kwargs)
+        elif command == "litestar":
+            from bench import litestar
+
+            litestar.run(**kwargs)
         elif command == "events":
             from bench import events
 

@@ -1,4 +1,5 @@
-"""Advanced Alchemy's mapping of ``bench_items`` and its repository (bench-only import)."""
+"""Advanced Alchemy's mapping of ``bench_items``, its repository and service (bench-only
+import)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from datetime import datetime
 
 from advanced_alchemy.base import BigIntBase
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy import Boolean, DateTime, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -24,3 +26,9 @@ class AAItem(BigIntBase):
 
 class AAItemRepository(SQLAlchemyAsyncRepository[AAItem]):
     model_type = AAItem
+
+
+class AAItemService(SQLAlchemyAsyncRepositoryService[AAItem]):
+    """The service its Litestar docs put between handlers and the repository."""
+
+    repository_type = AAItemRepository

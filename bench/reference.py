@@ -205,5 +205,4 @@ def run(rounds: int = 2, seconds: int = 10, warmup: int = 3) -> None:
         "command": f"wrk -t1 -c32 -d{seconds}s --timeout 5s --latency -s <page script>",
         "cpus": "app: one CPU of its own; wrk and PostgreSQL backends: the other",
     }
-    path = write_results("reference", results, [], params, {})
-    print(f"\nresults: {path}")
+    write_results("reference", results, [], params, {})

@@ -14,8 +14,10 @@ TITLES = {
     "bulk": "Bulk insert",
     "http": "HTTP: GET /items/{id}",
     "sessions": "Server-side sessions against starsessions + Redis",
+    "litestar": "Litestar: GET /items/{id} and the session read against Advanced Alchemy",
     "events": "Live data: SSE fan-out across 2 workers",
     "deploy": "Deploying: workers, pgbouncer, a replica",
+    "reference": "The reference application's pages under load",
 }
 
 

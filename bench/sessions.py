@@ -51,7 +51,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -516,10 +516,11 @@ def _shape(fridge: dict[str, Any]) -> Any:
     )
 
 
-def _write_lua(cookies: Sequence[str], path: Path) -> None:
+def _write_lua(cookies: Sequence[str], path: Path, url_path: str = "/fridge") -> None:
+    """A wrk script: ``GET url_path`` with one of ``cookies`` per request."""
     lines = [
-        "-- wrk script: GET /fridge with one session cookie per request, cycling through the",
-        "-- sessions in a fixed scrambled order (written by bench/sessions.py).",
+        f"-- wrk script: GET {url_path} with one session cookie per request, cycling through",
+        "-- the sessions in a fixed scrambled order (written by bench/sessions.py).",
         "local cookies = {",
         *(f'  "session={cookie}",' for cookie in cookies),
         "}",
@@ -528,14 +529,14 @@ def _write_lua(cookies: Sequence[str], path: Path) -> None:
         "request = function()",
         "  n = n + 1",
         "  local cookie = cookies[(n * 7919) % #cookies + 1]",
-        '  return wrk.format("GET", "/fridge", {["Cookie"] = cookie})',
+        f'  return wrk.format("GET", "{url_path}", {{["Cookie"] = cookie}})',
         "end",
         "",
     ]
     path.write_text("\n".join(lines))
 
 
-def _load(app: FridgeApp, lua: Path, seconds: int, cpus: set[int] | None) -> LoadResult:
+def _load(app: App, lua: Path, seconds: int, cpus: set[int] | None) -> LoadResult:
     result = run_wrk(app.url, seconds, cpus, script=lua)
     if result.errors:
         raise SystemExit(f"{app.name}: {result.errors} failed requests")
@@ -571,15 +572,19 @@ def _pin_redis(cpus: set[int] | None) -> tuple[int, set[int]] | None:
 
 
 def http_level(
-    apps: dict[str, FridgeApp],
-    lua: dict[str, Path],
+    apps: Mapping[str, App],
+    lua: Mapping[str, Path],
     rounds: int,
     seconds: int,
     warmup: int,
     load_cpus: set[int] | None,
+    case: str = HTTP_CASE,
 ) -> list[Measurement]:
+    """Each app under wrk with its script: a warm-up, then ``rounds`` rotated rounds; req/s
+    per round, the median p50 and p99 in ``extra`` and the note (also used by
+    :mod:`bench.litestar`)."""
     measurements = {
-        name: Measurement(HTTP_CASE, name, "req/s", note=app.target) for name, app in apps.items()
+        name: Measurement(case, name, "req/s", note=app.target) for name, app in apps.items()
     }
     for name, app in apps.items():
         warm = _load(app, lua[name], warmup, load_cpus)
