@@ -362,7 +362,9 @@ async def run(
     begins (see :func:`_check_reads_unchanged`).
     """
     params = plan.params(values)
-    replica = await _replica_for(session)
+    # Looked up here so that a manager without replicas pays no extra await per read.
+    router = session.info.get(FAST_READ_ROUTER_KEY)
+    replica = None if router is None else await _replica_for(session, router)
     rows: list[Any] | Unavailable
     if replica is not None:
         try:
@@ -381,16 +383,16 @@ async def run(
     return rows
 
 
-async def _replica_for(session: AsyncSession) -> AsyncEngine | None:
-    """The replica this idle session's fast reads go to, or ``None`` for the primary.
+async def _replica_for(
+    session: AsyncSession, router: Callable[[], Awaitable[AsyncEngine | None]]
+) -> AsyncEngine | None:
+    """The replica this idle session's fast reads go to (``router`` chooses it), or
+    ``None`` for the primary.
 
     Chosen once per stretch outside a transaction, so that the reads of one request (a
     page, then its authors) come from one server, and again after a transaction ends.
     """
     info = session.info
-    router = info.get(FAST_READ_ROUTER_KEY)
-    if router is None:
-        return None
     if _ROUTED_ENGINE not in info:
         info[_ROUTED_ENGINE] = await router()
     engine: AsyncEngine | None = info[_ROUTED_ENGINE]
