@@ -269,7 +269,17 @@ async def test_the_operator_signs_in_sees_live_figures_and_signs_out(
             async for message in sse.messages(stream.aiter_lines()):
                 overview = json.loads(message["data"])
                 break
-        assert set(overview) == {"pools", "sessions", "access_log", "housekeeping", "events"}
+        assert set(overview) == {
+            "pools",
+            "stored",
+            "sessions",
+            "access_log",
+            "housekeeping",
+            "events",
+        }
+        # Counted through provide_services(..., session=) on the panel's own unit of work.
+        assert overview["stored"]["access_log_rows"] >= 1
+        assert overview["stored"]["chat_answers"] >= 0
         assert overview["sessions"]["active"] >= 1
         assert overview["sessions"]["ingredients"] == 1
         assert {"main", "background"} <= set(overview["pools"])

@@ -44,7 +44,7 @@ from aegis_demo.web.pages import install_error_pages, page_router, static_direct
 from aegis_demo.web.security import SecurityHeadersMiddleware
 from aegis_shared.config import Settings
 from aegis_shared.database import DatabaseManager, configure_database
-from aegis_shared.web import CSRFTokens
+from aegis_shared.web import CSRFTokens, DatabaseSessionMiddleware
 
 __all__ = ["DemoSettings", "create_app"]
 
@@ -128,6 +128,9 @@ def create_app(
     install_docs(app, favicon_url="/static/favicon.svg")
     # Outermost: the access log sees every answer (a refused CSRF check too), and every
     # answer gets the security headers.
+    # One lazily opened session per request, for get_session and seed 004's
+    # provide_services(connection=request); committed before the answer starts.
+    app.add_middleware(DatabaseSessionMiddleware, db=manager)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(AccessLogMiddleware, writer=writer)
 

@@ -1,26 +1,30 @@
 """Seed 003's posts for the pages: the list of posts with their comments (one
 ``selectinload``) and adding a comment. ``GET /api/v1/posts/{id}`` is the seed's own
-endpoint, in :mod:`aegis_demo.realtime.app`."""
+endpoint, in :mod:`aegis_demo.realtime.app`.
+
+``GET /api/v1/posts`` reads through seed 004's ``provide_services(...,
+connection=request)``: the service on the request's own session (the app's
+``DatabaseSessionMiddleware``), which the request ends, not the block."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, status
+from fastapi import APIRouter, Path, Request, status
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aegis_demo.realtime.app import CommentOut, PostOut
 from aegis_demo.realtime.models import Comment, Post
-from aegis_shared.database import BaseRepository, UnitOfWork, get_session, with_db_retry
+from aegis_shared.database import BaseRepository, UnitOfWork, provide_services, with_db_retry
 
-__all__ = ["NewComment", "list_posts", "router"]
+__all__ = ["NewComment", "PostService", "list_posts", "provide_post_service", "router"]
 
 #: Posts a page shows at most.
 MAX_POSTS = 50
 
 router = APIRouter(prefix="/api/v1", tags=["Real-time & Async"])
-Session = Annotated[AsyncSession, Depends(get_session)]
 #: A post id the column can hold (32-bit): anything else is a 422, not a database error.
 PostId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
@@ -39,17 +43,34 @@ class NewComment(BaseModel):
     body: str = Field(min_length=1, max_length=500)
 
 
+class PostService:
+    """The posts as pages and handlers read them (seed 004's service on a session)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.posts = PostRepository(session)
+
+    async def with_comments(self) -> list[PostOut]:
+        """The first posts with their comments (one more SELECT for all of them, as
+        ``selectinload``), as response models: only declared fields."""
+        found = await self.posts.list(order_by="id", limit=MAX_POSTS, load=["comments"])
+        return [PostOut.model_validate(post) for post in found]
+
+
+async def provide_post_service(session: AsyncSession) -> AsyncGenerator[PostService, None]:
+    """Seed 004's provider shape: the service on ``session``."""
+    yield PostService(session)
+
+
 async def list_posts(session: AsyncSession) -> list[PostOut]:
-    """The first posts with their comments (one more SELECT for all of them, as
-    ``selectinload``), as response models: only declared fields."""
-    posts = await PostRepository(session).list(order_by="id", limit=MAX_POSTS, load=["comments"])
-    return [PostOut.model_validate(post) for post in posts]
+    """The first posts with their comments, on ``session``."""
+    return await PostService(session).with_comments()
 
 
 @router.get("/posts", response_model=list[PostOut])
-async def posts(session: Session) -> list[PostOut]:
+async def posts(request: Request) -> list[PostOut]:
     """Every post (the first 50) with its comments, loaded eagerly."""
-    return await list_posts(session)
+    async with provide_services(provide_post_service, connection=request) as (service,):
+        return await service.with_comments()
 
 
 class PostUnitOfWork(UnitOfWork):

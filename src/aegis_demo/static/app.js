@@ -214,6 +214,9 @@ function setUpOperator() {
       ["active sessions", s.active], ["ingredients stored", s.ingredients],
       ["expired, waiting", s.expired_waiting], ["oldest", s.oldest],
     ]);
+    fillTable(document.getElementById("stored"), null, [
+      ["access log rows", data.stored.access_log_rows], ["chat answers", data.stored.chat_answers],
+    ]);
     const h = data.housekeeping;
     fillTable(document.getElementById("housekeeping"), null, h ? [
       ["last run", h.finished_at], ["log rows trimmed", h.trimmed],

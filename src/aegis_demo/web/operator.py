@@ -23,7 +23,8 @@ from aegis_demo.access_log import AccessLogWriter, LogUnitOfWork
 from aegis_demo.errors import errors
 from aegis_demo.fridge.admin import token_matches
 from aegis_demo.fridge.app import Fridge
-from aegis_demo.jobs import Housekeeping
+from aegis_demo.jobs import Housekeeping, provide_access_log_service, provide_chat_answer_service
+from aegis_shared.database import provide_services
 from aegis_shared.events import events_table
 from aegis_shared.web import HttpSession, current_session
 
@@ -71,9 +72,19 @@ class Operator:
                 .limit(SHOWN)
             )
             events = (await uow.session.execute(statement)).all()
+            # Seed 004's third source: the services on a session the caller owns (the
+            # unit of work's), which provide_services neither commits nor closes.
+            async with provide_services(
+                provide_access_log_service, provide_chat_answer_service, session=uow.session
+            ) as (log_service, answer_service):
+                stored = {
+                    "access_log_rows": await log_service.count(),
+                    "chat_answers": await answer_service.count(),
+                }
         last = self.housekeeping.last
         return {
             "pools": self.fridge.db.pool_status(),
+            "stored": stored,
             "sessions": {
                 "active": stats.active,
                 "ingredients": stats.child_rows,
