@@ -27,9 +27,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import statistics
-from collections.abc import Sequence
-from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +34,13 @@ import httpx
 
 from bench.common import (
     RESULTS_DIR,
-    Measurement,
     fill_server_version,
     print_table,
     recreate_database,
     write_results,
 )
-from bench.http import App, LoadResult, _cpus, _pin_backends, run_wrk
+from bench.http import App, _cpus
+from bench.sessions import _cookie_value, _write_lua, http_level
 
 REFERENCE = "reference app"
 FRIDGE_ALONE = "fridge example alone"
@@ -57,6 +54,7 @@ PAGES: dict[str, tuple[str, str, bool]] = {
     "GET /fridge (JSON), fridge alone": (FRIDGE_ALONE, "/fridge", True),
     "GET /api/v1/posts/{id} (JSON)": (REFERENCE, "/api/v1/posts/1", False),
 }
+CASE = "reference application pages"
 TARGETS = {
     REFERENCE: "bench.apps.reference_app:app",
     FRIDGE_ALONE: "bench.apps.fridge_ours_app:app",
@@ -70,15 +68,6 @@ class PageApp(App):
         response = httpx.get(f"{self.url}/fridge", timeout=2.0)
         if response.status_code != 200 or response.json()["ingredients"] != []:
             raise SystemExit(f"{self.name}: GET /fridge gave {response.status_code}")
-
-
-def _session_cookie(response: httpx.Response) -> str:
-    cookie: SimpleCookie = SimpleCookie()
-    for header in response.headers.get_list("set-cookie"):
-        cookie.load(header)
-    if "session" not in cookie or not cookie["session"].value:
-        raise SystemExit(f"no session cookie in {response.headers.get_list('set-cookie')}")
-    return cookie["session"].value
 
 
 async def _visitor(url: str, index: int, pages: bool) -> str:
@@ -102,7 +91,7 @@ async def _visitor(url: str, index: int, pages: bool) -> str:
             page = await client.get("/my-fridge")
             if page.status_code != 200 or "<html" not in page.text.lower():
                 raise SystemExit(f"{url}: GET /my-fridge gave {page.status_code}")
-        return _session_cookie(added)
+        return _cookie_value(added)
 
 
 async def _visitors(url: str, count: int, pages: bool) -> list[str]:
@@ -113,30 +102,11 @@ async def _visitors(url: str, count: int, pages: bool) -> list[str]:
     return cookies
 
 
-def _write_lua(path: Path, page: str, cookies: Sequence[str] | None) -> None:
+def _write_anonymous_lua(path: Path, page: str) -> None:
+    """A wrk script: ``GET page`` without a cookie (pages with one: sessions._write_lua)."""
     lines = [f"-- wrk script: GET {page} (written by bench/reference.py)"]
-    if cookies:
-        lines += [
-            "local cookies = {",
-            *(f'  "session={cookie}",' for cookie in cookies),
-            "}",
-            "local n = 0",
-            "request = function()",
-            "  n = n + 1",
-            "  local cookie = cookies[(n * 7919) % #cookies + 1]",
-            f'  return wrk.format("GET", "{page}", {{["Cookie"] = cookie}})',
-            "end",
-        ]
-    else:
-        lines += ["request = function()", f'  return wrk.format("GET", "{page}")', "end"]
+    lines += ["request = function()", f'  return wrk.format("GET", "{page}")', "end"]
     path.write_text("\n".join(lines) + "\n")
-
-
-def _load(name: str, app: App, lua: Path, seconds: int, cpus: set[int] | None) -> LoadResult:
-    result = run_wrk(app.url, seconds, cpus, script=lua)
-    if result.errors:
-        raise SystemExit(f"{name}: {result.errors} failed requests")
-    return result
 
 
 def run(rounds: int = 2, seconds: int = 10, warmup: int = 3) -> None:
@@ -149,9 +119,6 @@ def run(rounds: int = 2, seconds: int = 10, warmup: int = 3) -> None:
     apps = {name: PageApp(name, target, app_cpus) for name, target in TARGETS.items()}
     scripts = RESULTS_DIR / "reference-lua"
     scripts.mkdir(parents=True, exist_ok=True)
-    measurements = {
-        page: Measurement(page, app, "req/s", note=path) for page, (app, path, _) in PAGES.items()
-    }
     try:
         for app in apps.values():
             app.wait_ready(timeout=60)
@@ -162,41 +129,17 @@ def run(rounds: int = 2, seconds: int = 10, warmup: int = 3) -> None:
         lua: dict[str, Path] = {}
         for index, (page, (app_name, path, cookie)) in enumerate(PAGES.items()):
             lua[page] = scripts / f"page-{index}.lua"
-            _write_lua(lua[page], path, cookies[app_name] if cookie else None)
-        for page, (app_name, _, _) in PAGES.items():
-            warm = _load(page, apps[app_name], lua[page], warmup, load_cpus)
-            print(f"  warm-up {page}: {warm.requests_per_s:,.0f} req/s")
-        asyncio.run(_pin_backends(load_cpus))
-        order = list(PAGES)
-        for round_no in range(rounds):
-            shift = round_no % len(order)
-            for page in order[shift:] + order[:shift]:
-                app_name = PAGES[page][0]
-                result = _load(page, apps[app_name], lua[page], seconds, load_cpus)
-                m = measurements[page]
-                m.rates.append(result.requests_per_s)
-                m.extra.setdefault("rounds", []).append(
-                    {
-                        "requests_per_s": result.requests_per_s,
-                        "p50_ms": result.p50_ms,
-                        "p99_ms": result.p99_ms,
-                        "requests": result.requests,
-                    }
-                )
-            print(f"  round {round_no + 1}/{rounds} done")
+            if cookie:
+                _write_lua(cookies[app_name], lua[page], path)
+            else:
+                _write_anonymous_lua(lua[page], path)
+        # Each page is one contender of the case, on the app that serves it.
+        by_page = {page: apps[app_name] for page, (app_name, _, _) in PAGES.items()}
+        results = http_level(by_page, lua, rounds, seconds, warmup, load_cpus, case=CASE)
     finally:
         for app in apps.values():
             app.stop()
-    for m in measurements.values():
-        p99 = [r["p99_ms"] for r in m.extra["rounds"] if r["p99_ms"] is not None]
-        p50 = [r["p50_ms"] for r in m.extra["rounds"] if r["p50_ms"] is not None]
-        m.extra["p50_ms"] = statistics.median(p50) if p50 else None
-        m.extra["p99_ms"] = statistics.median(p99) if p99 else None
-        m.note = f"{m.contender}, {m.note}"
-        if p50 and p99:
-            m.note += f"; p50 {m.extra['p50_ms']:.2f} ms, p99 {m.extra['p99_ms']:.2f} ms"
-    results = list(measurements.values())
-    print_table("reference application pages", results, {})
+    print_table(CASE, results, {})
     params: dict[str, Any] = {
         "rounds": rounds,
         "seconds": seconds,

@@ -68,6 +68,13 @@ def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
     )
 
 
+def _python(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python <args>`` with the command's environment (for -c and -m forms)."""
+    return subprocess.run(
+        [sys.executable, *args], env=cli_env(), cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
 def _one_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, stderr
@@ -232,14 +239,7 @@ def test_an_unreachable_server_fails_in_one_line_without_the_password(
 
 def test_without_typer_the_command_says_how_to_install_it(tmp_path: Path) -> None:
     hide = "import sys; sys.modules['typer'] = None; from aegis_shared.cli import main; main()"
-    result = subprocess.run(
-        [sys.executable, "-c", hide, "--help"],
-        env=cli_env(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _python(["-c", hide, "--help"], tmp_path)
     assert result.returncode == 1
     assert _one_line(result.stderr) == (
         'aegis: the aegis command needs Typer and Rich: pip install "aegis-shared[cli]"'
@@ -247,14 +247,7 @@ def test_without_typer_the_command_says_how_to_install_it(tmp_path: Path) -> Non
 
 
 def test_python_dash_m_runs_the_same_command(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "aegis_shared.cli", "--help"],
-        env=cli_env(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _python(["-m", "aegis_shared.cli", "--help"], tmp_path)
     assert result.returncode == 0, result.stderr
     for group in ("db", "sessions", "events", "doctor", "demo"):
         assert group in result.stdout
@@ -265,14 +258,7 @@ def test_demo_without_the_application_says_how_to_install_it(tmp_path: Path) -> 
         "import sys; sys.modules['aegis_demo.serve'] = None; sys.argv[0] = 'aegis'; "
         "from aegis_shared.cli import main; main()"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", hide, "demo"],
-        env=cli_env(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _python(["-c", hide, "demo"], tmp_path)
     assert result.returncode == 1
     line = _one_line(result.stderr)
     assert 'pip install "aegis-shared[demo]"' in line

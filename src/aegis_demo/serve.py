@@ -16,7 +16,7 @@ import secrets
 
 import uvicorn
 
-__all__ = ["admin_token", "is_loopback", "serve"]
+__all__ = ["admin_token", "is_loopback", "serve", "url_of"]
 
 
 def is_loopback(host: str) -> bool:
@@ -29,7 +29,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _url(host: str, port: int) -> str:
+def url_of(host: str, port: int) -> str:
+    """The address a browser opens for ``host:port`` (an IPv6 host in brackets)."""
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
     return f"http://{shown}:{port}"
 
@@ -57,7 +58,7 @@ def serve(
         os.environ.setdefault("SESSION_COOKIE_SECURE", "false")
     token = admin_token()
     os.environ.setdefault("DEMO_CSRF_SECRET", secrets.token_urlsafe(32))
-    url = _url(host, port)
+    url = url_of(host, port)
     if not quiet:
         print(f"aegis demo: {url} (Ctrl-C stops it)", flush=True)
         print(f"operator panel: {url}/operator  admin token: {token}", flush=True)

@@ -99,6 +99,15 @@ class FridgeUnitOfWork(UnitOfWork):
     ingredients: IngredientRepository
 
 
+async def _announce(
+    session: AsyncSession, channel: str | None, change: str, ingredient_ids: Sequence[int]
+) -> None:
+    """Publish ``{change: [ids]}`` (each id once) on ``channel``, in the caller's
+    transaction; nothing without a channel."""
+    if channel is not None:
+        await publish(session, channel, {change: list(dict.fromkeys(ingredient_ids))})
+
+
 class FridgeService:
     """Seed 002's fridge operations, each one unit of work, retried on a conflict."""
 
@@ -111,9 +120,8 @@ class FridgeService:
         (:func:`fridge_channel`), an ``{"added": [ids]}`` event is published with it."""
         async with FridgeUnitOfWork() as uow:
             added = await uow.fridge.add(session_key, ingredient_ids)
-            if added and channel is not None:
-                ids = list(dict.fromkeys(ingredient_ids))
-                await publish(uow.session, channel, {"added": ids})
+            if added:
+                await _announce(uow.session, channel, "added", ingredient_ids)
             await uow.commit()
             return added
 
@@ -136,9 +144,8 @@ class FridgeService:
         ``channel``, a ``{"removed": [ids]}`` event is published with it."""
         async with FridgeUnitOfWork() as uow:
             removed = await uow.fridge.remove(session_key, ingredient_ids)
-            if removed and channel is not None:
-                ids = list(dict.fromkeys(ingredient_ids))
-                await publish(uow.session, channel, {"removed": ids})
+            if removed:
+                await _announce(uow.session, channel, "removed", ingredient_ids)
             await uow.commit()
             return removed
 

@@ -186,12 +186,7 @@ def upgrade(
     json_output: JsonOption = False,
 ) -> None:
     """Upgrade the database to REVISION (head by default), one deploy at a time."""
-    output = Output(json_output)
-    with failures(output):
-        cfg = _config(config)
-        with _alembic_output(output):
-            result = asyncio.run(_migrate(cfg, "upgrade", revision, lock_timeout, ddl_lock_timeout))
-        _report_migration(output, result)
+    _migrate_command("upgrade", revision, config, lock_timeout, ddl_lock_timeout, json_output)
 
 
 @app.command()
@@ -203,13 +198,23 @@ def downgrade(
     json_output: JsonOption = False,
 ) -> None:
     """Downgrade the database to REVISION, under the same lock as upgrade."""
+    _migrate_command("downgrade", revision, config, lock_timeout, ddl_lock_timeout, json_output)
+
+
+def _migrate_command(
+    direction: str,
+    revision: str,
+    config: Path,
+    lock_timeout: float,
+    ddl_lock_timeout: float,
+    json_output: bool,
+) -> None:
+    """What ``upgrade`` and ``downgrade`` do: migrate under the lock, then report."""
     output = Output(json_output)
     with failures(output):
         cfg = _config(config)
         with _alembic_output(output):
-            result = asyncio.run(
-                _migrate(cfg, "downgrade", revision, lock_timeout, ddl_lock_timeout)
-            )
+            result = asyncio.run(_migrate(cfg, direction, revision, lock_timeout, ddl_lock_timeout))
         _report_migration(output, result)
 
 

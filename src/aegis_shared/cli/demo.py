@@ -37,7 +37,7 @@ def demo(
             serve_module.serve(host, port)  # it prints the URL and the operator's token
             return
         # --json: one document on stdout and nothing after it.
-        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        url = serve_module.url_of(host, port)
         output.document(
             {
                 "ok": True,

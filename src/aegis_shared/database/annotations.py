@@ -40,6 +40,7 @@ An integer id no row can hold is linked to nothing, without being sent.
 from __future__ import annotations
 
 import keyword
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -106,10 +107,27 @@ def _bind_name(index: int) -> str:
     return f"aegis_linked_{index}"
 
 
+#: Resolved ``annotate=`` relationships per mapper (only valid keys are kept): parse()
+#: runs on every list call, and the resolution walks the mapper's relationships.
+_steps: weakref.WeakKeyDictionary[
+    Mapper[Any], dict[str, tuple[ColumnElement[Any], relations.Relation]]
+] = weakref.WeakKeyDictionary()
+
+
 def _step(mapper: Mapper[Any], key: str) -> tuple[ColumnElement[Any], relations.Relation]:
     """The column of ``mapper``'s table that the relationship ``key`` correlates with (its
     primary key, or for ``to_one__relationship`` the to-one's foreign key), and the
     relationship; ValueError naming what is allowed."""
+    known = _steps.get(mapper)
+    if known is None:
+        known = _steps[mapper] = {}
+    found = known.get(key)
+    if found is None:
+        found = known[key] = _resolve_step(mapper, key)
+    return found
+
+
+def _resolve_step(mapper: Mapper[Any], key: str) -> tuple[ColumnElement[Any], relations.Relation]:
     (pk,) = mapper.primary_key
     first, _, rest = key.partition("__")
     if not rest:
