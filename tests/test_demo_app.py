@@ -21,6 +21,7 @@ from aegis_demo.fridge.models import Ingredient
 from aegis_demo.jobs import Housekeeping
 from aegis_demo.models import AccessLog
 from aegis_demo.realtime.models import Comment, Post
+from aegis_demo.web.operator import UNAVAILABLE
 from aegis_shared.database import DatabaseManager
 from aegis_shared.models import utcnow
 from tests import sse
@@ -288,6 +289,32 @@ async def test_the_operator_signs_in_sees_live_figures_and_signs_out(
         out = await client.post("/operator/logout", headers=headers)
         assert out.status_code == 204
         assert (await client.get("/operator/stream")).status_code == 403
+
+
+async def test_the_operator_panel_reports_a_failed_read_and_goes_on(
+    db: DatabaseManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "aegis_demo.operator")
+    async with running(db) as base, browser_like(base) as (client, headers):
+        ok = await client.post("/operator/login", json={"token": ADMIN_TOKEN}, headers=headers)
+        assert ok.status_code == 204
+        async with db.engine.begin() as conn:
+            await conn.execute(text("DROP TABLE demo_access_log"))  # a real fault
+        async with client.stream("GET", "/operator/stream") as stream:
+            assert stream.status_code == 200
+            messages = sse.messages(stream.aiter_lines())
+            failed = await anext(messages)
+            assert failed["event"] == "unavailable"
+            assert json.loads(failed["data"]) == {"detail": UNAVAILABLE}
+            async with db.engine.begin() as conn:  # the fault mended: the stream goes on
+                await conn.run_sync(AccessLog.__table__.create)
+            mended = await anext(messages)
+        assert mended["event"] == "overview"
+        assert "stored" in json.loads(mended["data"])
+    warnings = [r.getMessage() for r in caplog.records if r.name == "aegis_demo.operator"]
+    assert warnings and all("could not read its figures" in m for m in warnings)
+    # The class of the error only: never the database's text (SQL, table, host).
+    assert not any("demo_access_log" in m or "no such table" in m for m in warnings)
 
 
 ASSET = re.compile(r"""(?:src|href)=["']([^"']+)["']|url: ['"]([^'"]+)['"]""")

@@ -205,8 +205,13 @@ function setUpOperator() {
     location.reload();
   });
   const source = new EventSource("/operator/stream");
+  const status = document.getElementById("panel-status");
+  source.addEventListener("unavailable", (event) => {
+    status.textContent = JSON.parse(event.data).detail;
+  });
   source.addEventListener("overview", (event) => {
     const data = JSON.parse(event.data);
+    status.textContent = "";
     fillTable(document.getElementById("pools"), ["pool", "size", "in use", "overflow"],
       Object.entries(data.pools).map(([name, p]) => [name, p.size, p.checked_out, p.overflow]));
     const s = data.sessions;

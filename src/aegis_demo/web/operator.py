@@ -9,6 +9,7 @@ Without an admin token configured the panel is switched off, like the admin endp
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from datetime import datetime
@@ -18,6 +19,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from aegis_demo.access_log import AccessLogWriter, LogUnitOfWork
 from aegis_demo.errors import errors
@@ -25,6 +27,7 @@ from aegis_demo.fridge.admin import token_matches
 from aegis_demo.fridge.app import Fridge
 from aegis_demo.jobs import Housekeeping, provide_access_log_service, provide_chat_answer_service
 from aegis_shared.database import provide_services
+from aegis_shared.errors.exceptions import DatabaseError
 from aegis_shared.events import events_table
 from aegis_shared.web import HttpSession, current_session
 
@@ -39,6 +42,10 @@ REFRESH_SECONDS = 2.0
 UPDATES_PER_STREAM = 150
 #: Rows of the access log and the event log the panel shows.
 SHOWN = 12
+#: What the panel shows when one update could not be read (never the database's text).
+UNAVAILABLE = "The figures could not be read just now; the panel tries again shortly."
+
+logger = logging.getLogger("aegis_demo.operator")
 
 
 class TokenLogin(BaseModel):
@@ -114,6 +121,23 @@ class Operator:
         }
 
 
+async def _update(operator: Operator) -> ServerSentEvent:
+    """The next event of the panel's stream: an ``overview``, or ``unavailable``."""
+    try:
+        overview = await operator.overview()
+    except (DatabaseError, SQLAlchemyError) as exc:
+        # Ours (pool, connection) or the driver's own (a table gone: a ProgrammingError).
+        # The error's class only: its text may quote SQL, a table or the database's host.
+        logger.warning(
+            "the operator panel could not read its figures (%s); it tries again in %.0f s. "
+            "Check the database (aegis doctor).",
+            type(exc).__name__,
+            REFRESH_SECONDS,
+        )
+        return ServerSentEvent(event="unavailable", data={"detail": UNAVAILABLE})
+    return ServerSentEvent(event="overview", data=overview)
+
+
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat(timespec="seconds")
 
@@ -175,11 +199,13 @@ def operator_router(operator: Operator) -> APIRouter:
     )
     async def stream(request: Request) -> AsyncIterator[ServerSentEvent]:
         """The panel's figures as Server-Sent Events, one ``overview`` every two seconds;
-        each read takes and returns its own connection."""
+        each read takes and returns its own connection. An update that cannot be read
+        (the database away, a table missing) is an ``unavailable`` event, and the stream
+        goes on: one failed read costs one update, not the panel."""
         for _ in range(UPDATES_PER_STREAM):
             if await request.is_disconnected():
                 return
-            yield ServerSentEvent(event="overview", data=await operator.overview())
+            yield await _update(operator)
             await asyncio.sleep(REFRESH_SECONDS)
 
     return router
