@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from litestar import Litestar, Request, get, post
 from litestar.connection import ASGIConnection
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers import BaseRouteHandler
 from litestar.middleware import (
@@ -24,6 +25,7 @@ from litestar.middleware import (
     AuthenticationResult,
     DefineMiddleware,
 )
+from litestar.params import FromPath, JSONBody
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -87,7 +89,9 @@ async def has_posts(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRoute
 
 @get("/me", guards=[has_posts])
 async def me(
-    request: Request[AppUser, str, Any], db_session: AsyncSession, users: UsersService
+    request: Request[AppUser, str, Any],
+    db_session: NamedDependency[AsyncSession],
+    users: NamedDependency[UsersService],
 ) -> dict[str, Any]:
     return {
         "email": request.user.email,
@@ -103,7 +107,9 @@ async def me(
 
 @post("/users", exclude_from_auth=True)
 async def create_user(
-    request: Request[Any, Any, Any], data: dict[str, str], db_session: AsyncSession
+    request: Request[Any, Any, Any],
+    data: JSONBody[dict[str, str]],
+    db_session: NamedDependency[AsyncSession],
 ) -> dict[str, Any]:
     async with provide_services(
         provide_users_service, provide_roles_service, connection=request
@@ -121,7 +127,7 @@ async def create_user(
 
 
 @post("/users/refused", exclude_from_auth=True)
-async def refused(request: Request[Any, Any, Any], data: dict[str, str]) -> None:
+async def refused(request: Request[Any, Any, Any], data: JSONBody[dict[str, str]]) -> None:
     """Writes through all three sources, then answers 409. (The request's own write comes
     last: on SQLite its open write transaction would hold off the others'.)"""
     async with provide_services(provide_users_service) as (own,):
@@ -152,20 +158,24 @@ async def refused(request: Request[Any, Any, Any], data: dict[str, str]) -> None
 
 
 @get("/users/{user_id:int}", exclude_from_auth=True)
-async def read_user(user_id: int, db_session: AsyncSession) -> dict[str, str]:
+async def read_user(
+    user_id: FromPath[int], db_session: NamedDependency[AsyncSession]
+) -> dict[str, str]:
     user = await UserRepository(db_session).get_one(user_id)
     return {"email": user.email}
 
 
 @post("/books", exclude_from_auth=True)
-async def add_book(data: dict[str, int], db_session: AsyncSession) -> dict[str, str]:
+async def add_book(
+    data: JSONBody[dict[str, int]], db_session: NamedDependency[AsyncSession]
+) -> dict[str, str]:
     db_session.add(Book(shelf_id=data["shelf_id"]))
     await db_session.flush()  # the shelf is not checked before COMMIT
     return {"status": "saved"}
 
 
 @post("/users/killed", exclude_from_auth=True)
-async def killed(db_session: AsyncSession) -> dict[str, str]:
+async def killed(db_session: NamedDependency[AsyncSession]) -> dict[str, str]:
     """Flushes a user, then has PostgreSQL end this session's backend before the commit."""
     await UserRepository(db_session).create({"email": "killed@example.com", "name": "K"})
     pid = await db_session.scalar(text("SELECT pg_backend_pid()"))
@@ -182,7 +192,9 @@ async def run_cleanup() -> dict[str, int]:
 
 
 @get("/misuse", exclude_from_auth=True)
-async def misuse(request: Request[Any, Any, Any], db_session: AsyncSession) -> list[str]:
+async def misuse(
+    request: Request[Any, Any, Any], db_session: NamedDependency[AsyncSession]
+) -> list[str]:
     """Seed 004's errors, raised before any session is touched."""
     messages = []
     for call in (
@@ -205,11 +217,20 @@ async def no_plugin(request: Request[Any, Any, Any]) -> str:
         return str(exc)
 
 
+async def users_dependency(
+    db_session: NamedDependency[AsyncSession],
+) -> AsyncIterator[UsersService]:
+    """Seed 004's provider as a Litestar dependency (Litestar 3 wants the marker on the
+    parameter it injects, which the seed's plain signature lacks)."""
+    async for service in provide_users_service(db_session):
+        yield service
+
+
 def make_app(db: DatabaseManager | None = None, **plugin: Any) -> Litestar:
     plugin.setdefault("close_on_shutdown", False)
     return Litestar(
         route_handlers=[me, create_user, refused, read_user, add_book, killed, run_cleanup, misuse],
-        dependencies={"users": Provide(provide_users_service)},
+        dependencies={"users": Provide(users_dependency)},
         middleware=[DefineMiddleware(BearerAuth, exclude_from_auth_key="exclude_from_auth")],
         plugins=[AegisPlugin(db, **plugin)],
         logging_config=None,  # Litestar's default would replace the test run's log handlers

@@ -1,8 +1,9 @@
 """Server-side sessions and the CSRF check on Litestar (``AegisPlugin(sessions=store)``),
 under uvicorn on loopback with a real cookie jar, on SQLite and PostgreSQL: a session made
 on the first write, its id hashed in the table, rotation on login, logout, idle expiry,
-the throttled touch, nothing saved for a failed request, the cookie's defaults, and
-unsafe requests refused with 403 for a cross-site origin or a missing or bad token."""
+the throttled touch, expired sessions swept in batches during the app's lifespan, nothing
+saved for a failed request, the cookie's defaults, and unsafe requests refused with 403
+for a cross-site origin or a missing or bad token."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from typing import Any
 import httpx
 import pytest
 from litestar import Litestar, Request, get, post
+from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
+from litestar.params import JSONBody
 from sqlalchemy import MetaData, select
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase
@@ -22,11 +25,18 @@ from sqlalchemy.orm import DeclarativeBase
 from aegis_shared.database import DatabaseManager
 from aegis_shared.litestar import AegisPlugin, SessionOptions, csrf_middleware, csrf_token
 from aegis_shared.models import NAMING_CONVENTION
-from aegis_shared.sessions import ServerSessionMixin, SessionStore, is_session_id, session_key
+from aegis_shared.sessions import (
+    ServerSessionMixin,
+    SessionStore,
+    is_session_id,
+    session_key,
+    sweep_sessions,
+)
 from aegis_shared.web import CSRFTokens, HttpSession
 from tests.conftest import MakeDb
 from tests.http import serve
 from tests.test_sessions_web import Clock
+from tests.waiting import until
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
@@ -42,18 +52,22 @@ class LiteSession(ServerSessionMixin, LiteSessionBase):
 
 
 @get("/whoami")
-async def whoami(http_session: HttpSession) -> dict[str, Any]:
+async def whoami(http_session: NamedDependency[HttpSession]) -> dict[str, Any]:
     return {"user": http_session.get("user"), "cart": http_session.get("cart", [])}
 
 
 @post("/cart")
-async def add_to_cart(data: dict[str, str], http_session: HttpSession) -> dict[str, Any]:
+async def add_to_cart(
+    data: JSONBody[dict[str, str]], http_session: NamedDependency[HttpSession]
+) -> dict[str, Any]:
     http_session["cart"] = [*http_session.get("cart", []), data["item"]]
     return {"cart": http_session["cart"]}
 
 
 @post("/login")
-async def login(data: dict[str, str], http_session: HttpSession) -> dict[str, str]:
+async def login(
+    data: JSONBody[dict[str, str]], http_session: NamedDependency[HttpSession]
+) -> dict[str, str]:
     if data.get("password") != "right":
         http_session["user"] = data["user"]  # dropped: the answer is an error
         raise HTTPException(status_code=401, detail="Wrong user or password")
@@ -64,7 +78,7 @@ async def login(data: dict[str, str], http_session: HttpSession) -> dict[str, st
 
 
 @post("/logout")
-async def logout(http_session: HttpSession) -> None:
+async def logout(http_session: NamedDependency[HttpSession]) -> None:
     await http_session.invalidate()
 
 
@@ -75,8 +89,10 @@ async def form(request: Request[Any, Any, Any]) -> dict[str, str]:
 
 @asynccontextmanager
 async def site(
-    db: DatabaseManager, clock: Clock, **options: Any
+    db: DatabaseManager, clock: Clock, *, sweep: dict[str, Any] | None = None, **options: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, SessionStore]]:
+    """The test app with its session store; ``sweep=`` runs ``sweep_sessions(store, **sweep)``
+    in the app's lifespan, as the guide has it."""
     store = SessionStore(
         db,
         LiteSession,
@@ -96,6 +112,7 @@ async def site(
                 session_options=SessionOptions(**options),
             )
         ],
+        lifespan=[] if sweep is None else [lambda _app: sweep_sessions(store, **sweep)],
         logging_config=None,
     )
     async with serve(app, lifespan="on") as base, httpx.AsyncClient(base_url=base) as client:
@@ -176,6 +193,28 @@ async def test_idle_expiry_and_the_throttled_touch(make_db: MakeDb) -> None:
         assert "Max-Age=0" in expired.headers["set-cookie"]
 
 
+async def test_expired_sessions_are_swept_in_batches_during_the_apps_lifespan(
+    make_db: MakeDb,
+) -> None:
+    db = await make_db(LiteSessionBase.metadata)
+    clock = Clock()
+    sweep = {"every": timedelta(milliseconds=50), "jitter": timedelta(0), "batch_size": 2}
+    async with site(db, clock, sweep=sweep) as (client, _):
+        base = str(client.base_url)
+        for n in range(5):  # five visitors, each with its own session, go idle
+            async with httpx.AsyncClient(base_url=base) as visitor:
+                assert (await visitor.post("/cart", json={"item": f"item-{n}"})).is_success
+        assert len(await stored_keys(db)) == 5
+        clock.now += timedelta(hours=1, minutes=1)  # past idle_timeout
+        assert (await client.post("/cart", json={"item": "eggs"})).is_success  # one alive
+
+        async def only_the_live_one_left() -> bool:
+            return len(await stored_keys(db)) == 1
+
+        await until(only_the_live_one_left)
+        assert (await client.get("/whoami")).json()["cart"] == ["eggs"]
+
+
 async def test_cookie_defaults_are_host_prefixed_secure_httponly_lax(make_db: MakeDb) -> None:
     db = await make_db(LiteSessionBase.metadata)
     async with site(db, Clock(), secure=True) as (client, _):
@@ -241,7 +280,7 @@ async def test_csrf_check_without_tokens_passes_same_origin_and_plain_clients(
 
 
 @post("/notes")
-async def add_note(data: dict[str, str]) -> dict[str, str]:
+async def add_note(data: JSONBody[dict[str, str]]) -> dict[str, str]:
     return data
 
 

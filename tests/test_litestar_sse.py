@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 from litestar import Litestar, get
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath
 from litestar.response import ServerSentEvent
 
 from aegis_shared.database import DatabaseManager
@@ -25,7 +26,7 @@ def make_app(db: DatabaseManager, hub: EventHub) -> Litestar:
         "/events/{channel:str}",
         dependencies={"after": Provide(last_event_id)},
     )
-    async def events(channel: str, after: int | None) -> ServerSentEvent:
+    async def events(channel: FromPath[str], after: NamedDependency[int | None]) -> ServerSentEvent:
         return event_stream(hub, channel, after=after)
 
     return Litestar(

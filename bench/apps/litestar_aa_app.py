@@ -26,10 +26,11 @@ from advanced_alchemy.extensions.litestar import (
 )
 from advanced_alchemy.extensions.litestar.session import SQLAlchemyAsyncSessionBackend
 from litestar import Litestar, Request, get, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.middleware import DefineMiddleware
 from litestar.middleware.session import SessionMiddleware
 from litestar.middleware.session.server_side import ServerSideSessionConfig
+from litestar.params import FromPath, JSONBody
 
 from bench.aa_models import AAItemService
 from bench.aa_session_models import AASession
@@ -52,7 +53,9 @@ def _config() -> SQLAlchemyAsyncConfig:
     "/items/{item_id:int}",
     dependencies={"items_service": Provide(providers.create_service_provider(AAItemService))},
 )
-async def get_item(item_id: int, items_service: AAItemService) -> dict[str, object]:
+async def get_item(
+    item_id: FromPath[int], items_service: NamedDependency[AAItemService]
+) -> dict[str, object]:
     """The item as JSON (the same body as ours)."""
     return item_json(await items_service.get(item_id))
 
@@ -64,7 +67,9 @@ async def session_read(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 @post("/session-write")
-async def session_write(data: dict[str, Any], request: Request[Any, Any, Any]) -> dict[str, Any]:
+async def session_write(
+    data: JSONBody[dict[str, Any]], request: Request[Any, Any, Any]
+) -> dict[str, Any]:
     """Put ``data`` into the session (stored when the response starts)."""
     request.set_session({**request.session, **data})
     return dict(request.session)

@@ -16,6 +16,8 @@ from datetime import timedelta
 from typing import Any
 
 from litestar import Litestar, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aegis_shared.database import DatabaseManager
@@ -31,19 +33,23 @@ LIFETIME = timedelta(hours=24)
 
 
 @get("/items/{item_id:int}")
-async def get_item(item_id: int, db_session: AsyncSession) -> dict[str, object]:
+async def get_item(
+    item_id: FromPath[int], db_session: NamedDependency[AsyncSession]
+) -> dict[str, object]:
     """The item as JSON; ``NotFoundError`` becomes a 404 through the plugin's handlers."""
     return item_json(await ItemRepository(db_session).get_one(item_id))
 
 
 @get("/session-read")
-async def session_read(http_session: HttpSession) -> dict[str, Any]:
+async def session_read(http_session: NamedDependency[HttpSession]) -> dict[str, Any]:
     """The visitor's session data: one SELECT by the id's digest, no write."""
     return dict(http_session)
 
 
 @post("/session-write")
-async def session_write(data: dict[str, Any], http_session: HttpSession) -> dict[str, Any]:
+async def session_write(
+    data: JSONBody[dict[str, Any]], http_session: NamedDependency[HttpSession]
+) -> dict[str, Any]:
     """Put ``data`` into the session (created now for a new visitor, saved at the
     response's start)."""
     http_session.update(data)

@@ -7,7 +7,9 @@ with no gap and no duplicate::
     from aegis_shared.litestar import event_stream, last_event_id
 
     @get("/fridges/{fridge_id:int}/events", dependencies={"after": Provide(last_event_id)})
-    async def fridge_events(fridge_id: int, after: int | None) -> ServerSentEvent:
+    async def fridge_events(
+        fridge_id: FromPath[int], after: NamedDependency[int | None]
+    ) -> ServerSentEvent:
         return event_stream(hub, f"fridge:{fridge_id}", after=after)
 
 The messages are those of :func:`aegis_shared.web.event_messages.event_messages`, the same
@@ -19,8 +21,10 @@ status (404, 403).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from litestar.exceptions import HTTPException
-from litestar.params import Parameter
+from litestar.params import HeaderParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_400_BAD_REQUEST
 
@@ -34,7 +38,7 @@ from aegis_shared.web.event_messages import (
 
 
 async def last_event_id(
-    last_event_id: str | None = Parameter(header="Last-Event-ID", default=None),
+    last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
 ) -> int | None:
     """Litestar dependency: the position a reconnecting ``EventSource`` resumes after (its
     ``Last-Event-ID`` header), or ``None`` on a first connection. A malformed header is a
