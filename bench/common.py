@@ -88,8 +88,6 @@ def as_tuples(rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 async def recreate_database(seed_rows: int = SEED_ROWS) -> None:
     """Drop and recreate the benchmark database, create ``bench_items`` and seed it."""
-    from bench.models import metadata as item_metadata
-
     name = database_name()
     admin = await asyncpg.connect(asyncpg_dsn(database="postgres"))
     try:
@@ -97,19 +95,27 @@ async def recreate_database(seed_rows: int = SEED_ROWS) -> None:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
+    await seed_items(PG_URL, seed_rows)
+
+
+async def seed_items(url: str, rows: int) -> None:
+    """Create ``bench_items`` in the database at ``url``, COPY ``rows`` rows into it and
+    ANALYZE it."""
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    engine = create_async_engine(PG_URL)
+    from bench.models import metadata as item_metadata
+
+    engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(item_metadata.create_all)
     finally:
         await engine.dispose()
-    conn = await asyncpg.connect(asyncpg_dsn())
+    conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
-        if seed_rows:
+        if rows:
             await conn.copy_records_to_table(
-                "bench_items", records=as_tuples(make_rows(seed_rows)), columns=ITEM_COLUMNS
+                "bench_items", records=as_tuples(make_rows(rows)), columns=ITEM_COLUMNS
             )
         await conn.execute("VACUUM ANALYZE bench_items")
     finally:

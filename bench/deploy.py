@@ -29,19 +29,16 @@ from typing import Any
 import asyncpg
 import httpx
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.common import (
-    ITEM_COLUMNS,
     ROOT,
     Measurement,
-    as_tuples,
-    make_rows,
+    asyncpg_dsn,
     print_table,
+    seed_items,
     write_results,
 )
 from bench.http import run_httpx, run_wrk
-from bench.models import metadata as item_metadata
 from tests import pgbouncer, replication
 
 ROWS = 10_000
@@ -56,23 +53,11 @@ CASES = [
 ]
 
 
-def _dsn(url: URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 async def _seed(primary: URL, standby: URL) -> None:
-    engine = create_async_engine(primary)
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(item_metadata.create_all)
-    finally:
-        await engine.dispose()
+    """The items on the primary, once the standby has replayed them."""
+    await seed_items(primary.render_as_string(hide_password=False), ROWS)
     conn = await asyncpg.connect(_dsn(primary))
     try:
-        await conn.copy_records_to_table(
-            "bench_items", records=as_tuples(make_rows(ROWS)), columns=ITEM_COLUMNS
-        )
-        await conn.execute("VACUUM ANALYZE bench_items")
         written = await conn.fetchval("SELECT pg_current_wal_lsn()")
     finally:
         await conn.close()
@@ -82,6 +67,10 @@ async def _seed(primary: URL, standby: URL) -> None:
             await asyncio.sleep(0.05)
     finally:
         await replica.close()
+
+
+def _dsn(url: URL) -> str:
+    return asyncpg_dsn(url.render_as_string(hide_password=False))
 
 
 def _free_port() -> int:

@@ -21,6 +21,7 @@ from aegis_shared.events import (
     EventHub,
     Resync,
     Subscription,
+    Trimmed,
     event_metadata,
     publish,
     wakeups,
@@ -39,8 +40,9 @@ async def send(db: DatabaseManager, channel: str, *values: Any) -> None:
             await publish(session, channel, value)
 
 
-async def take(subscription: Subscription, count: int) -> list[Event | Resync]:
-    items: list[Event | Resync] = []
+async def take(subscription: Subscription, count: int) -> list[Event | Resync | Trimmed]:
+    """Items off ``subscription`` until ``count`` events (markers included in the list)."""
+    items: list[Event | Resync | Trimmed] = []
     async with asyncio.timeout(TIMEOUT):
         async for item in subscription:
             items.append(item)
@@ -55,7 +57,7 @@ async def ready(hub: EventHub, channel: str) -> None:
         await hub._channels[channel].ready()
 
 
-def positions(items: list[Event | Resync]) -> list[int]:
+def positions(items: list[Event | Resync | Trimmed]) -> list[int]:
     return [item.position for item in items if isinstance(item, Event)]
 
 

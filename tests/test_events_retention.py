@@ -30,7 +30,6 @@ from aegis_shared.events import (
     EventSweeper,
     Resync,
     RetentionPolicy,
-    Subscription,
     Trimmed,
     channels_table,
     event_metadata,
@@ -46,6 +45,7 @@ from aegis_shared.testing import count_queries
 from tests import sse
 from tests.conftest import MakeDb
 from tests.http import serve
+from tests.test_events_hub import take
 from tests.test_events_sse import make_app
 
 TIMEOUT = 10
@@ -90,17 +90,6 @@ async def counters(db: DatabaseManager) -> dict[str, int]:
 
 def deletes(statements: list[str]) -> int:
     return sum(1 for s in statements if s.lstrip().upper().startswith("DELETE FROM AEGIS_EVENTS"))
-
-
-async def take(subscription: Subscription, count: int) -> list[Event | Resync | Trimmed]:
-    """Items off ``subscription`` until ``count`` events (markers included in the list)."""
-    items: list[Event | Resync | Trimmed] = []
-    async with asyncio.timeout(TIMEOUT):
-        async for item in subscription:
-            items.append(item)
-            if sum(isinstance(i, Event) for i in items) == count:
-                break
-    return items
 
 
 def shape(items: list[Event | Resync | Trimmed]) -> list[Any]:
