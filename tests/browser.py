@@ -48,7 +48,8 @@ async def browser() -> AsyncIterator[Browser]:
 @dataclass
 class Problems:
     """What went wrong on the pages watched: console errors, uncaught exceptions, failed
-    requests and error answers. An event stream cut off by leaving its page is no problem."""
+        requests and error answers. A request the browser cancelled itself (the page left while
+    it loaded, an event stream closed) is no problem."""
 
     found: list[str] = field(default_factory=list)
 
@@ -65,8 +66,11 @@ class Problems:
             self.found.append(f"console {message.type}: {message.text}")
 
     def _failed(self, request: Request) -> None:
-        if request.resource_type == "eventsource" and request.failure == "net::ERR_ABORTED":
-            return  # the page was left or closed its stream: the browser aborts it
+        if request.failure == "net::ERR_ABORTED":
+            # The browser cancelled the request itself: the page was left (a reload, a new
+            # URL) while it loaded, say the favicon, or closed its event stream. A server's
+            # failure shows as an HTTP status or as another net:: error.
+            return
         self.found.append(f"failed: {request.method} {request.url} {request.failure}")
 
     def _response(self, response: Response) -> None:

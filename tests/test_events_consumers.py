@@ -23,7 +23,7 @@ from aegis_shared.events import (
     read_events,
     trim_events,
 )
-from aegis_shared.events.consumers import check_consumer_name, safe_error
+from aegis_shared.events.consumers import Consumer, check_consumer_name, safe_error
 from aegis_shared.models.types import utcnow
 
 TIMEOUT = 10
@@ -39,6 +39,14 @@ async def send(db: DatabaseManager, channel: str, *values: Any) -> None:
 async def until(condition: Any) -> None:
     async with asyncio.timeout(TIMEOUT):
         while not condition():  # noqa: ASYNC110 (polls plain attributes)
+            await asyncio.sleep(0.01)
+
+
+async def acknowledged(consumer: Consumer, position: int) -> None:
+    """Wait until ``consumer`` has stored ``position``: it acknowledges an event just after
+    its handler returns, so a test that saw the handler run may read the row too early."""
+    async with asyncio.timeout(TIMEOUT):
+        while await consumer.position() != position:  # noqa: ASYNC110 (polls a table)
             await asyncio.sleep(0.01)
 
 
@@ -80,9 +88,7 @@ async def test_position_survives_a_restart(edb: DatabaseManager) -> None:
         consumer = hub.consume("mail", "users", handle, **FAST)
         await send(edb, "users", 1, 2)
         # Acknowledged, not only handled: stopping between the two delivers it again.
-        async with asyncio.timeout(TIMEOUT):
-            while await consumer.position() != 2:  # noqa: ASYNC110 (polls a table)
-                await asyncio.sleep(0.01)
+        await acknowledged(consumer, 2)
     await send(edb, "users", 3, 4)  # while no consumer runs
     async with hub_for(edb) as hub:
         hub.consume("mail", "users", handle, **FAST)
@@ -105,7 +111,7 @@ async def test_a_handler_that_fails_then_succeeds_is_retried(edb: DatabaseManage
         await until(lambda: len(calls) == 3)
         await until(lambda: consumer.calls == 3)
         await asyncio.sleep(0.2)
-        assert await consumer.position() == 1
+        await acknowledged(consumer, 1)
         assert await consumer.dead_letters() == []
     assert calls == [1, 1, 1]
 
@@ -130,7 +136,7 @@ async def test_an_always_failing_event_is_dead_lettered_and_later_ones_handled(
         assert "hunter2" not in dead[0].error_message
         assert "abc" not in dead[0].error_message
         assert consumer.calls == 4
-        assert await consumer.position() == 2
+        await acknowledged(consumer, 2)
         # Retry still failing: kept, with one more attempt; then fixed: handled, removed.
         assert await consumer.retry_dead_letter(dead[0].id) is False
         assert (await consumer.dead_letters())[0].attempts == 4

@@ -252,6 +252,35 @@ async def test_cancellation_is_not_translated_without_a_stall(
         assert await session.scalar("SELECT 1") == 1
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_a_write_cancelled_mid_statement_on_sqlite_ends_cleanly(
+    db: DatabaseManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task cancelled while its write transaction's statement runs in aiosqlite's thread:
+    the connection is dropped, its rollback raises nothing, and the write lock is free
+    for the next writer."""
+    caplog.set_level(logging.DEBUG, "aegis_shared.database")
+    started = asyncio.Event()
+
+    async def writer() -> None:
+        async with db.session() as session:
+            await session.execute(text("UPDATE users SET name = name"))  # takes the lock
+            started.set()
+            while True:  # the cancellation lands inside one of these statements
+                await session.execute(text("SELECT count(*) FROM users"))
+
+    task = asyncio.ensure_future(writer())
+    await started.wait()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert db.pool_status()["main"]["checked_out"] == 0
+    async with asyncio.timeout(5), db.session() as session:  # well within the busy timeout
+        session.add(User(email="after@example.com", name="After"))
+    assert not [m for m in caplog.messages if "also failed" in m]
+
+
 # -- 3. refused connections on the fast path and the ORM path ---------------------------------
 
 

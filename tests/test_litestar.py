@@ -51,6 +51,12 @@ from tests.seed004 import (
 )
 
 on_sqlite_and_postgres = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+#: The Litestar code of these tests (and of the guide) marks what Litestar injects, as
+#: Litestar 3 will require: a deprecation warning from Litestar fails the test.
+strict_litestar = pytest.mark.filterwarnings(
+    "error::litestar.exceptions.LitestarDeprecationWarning"
+)
+pytestmark = strict_litestar
 
 
 # -- seed 004's guard (tests/seed004.py) in an authentication middleware ----------------

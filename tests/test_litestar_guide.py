@@ -27,8 +27,12 @@ from tests.markdown import python_blocks
 from tests.models import Base, UserAccessLog
 from tests.models import User as AppUser
 from tests.test_events_sse import TIMEOUT, read_messages, until
+from tests.test_litestar import strict_litestar
 
-pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+pytestmark = [
+    pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True),
+    strict_litestar,
+]
 
 MODULE = "guide_litestar_app"
 

@@ -35,10 +35,14 @@ from aegis_shared.sessions import (
 from aegis_shared.web import CSRFTokens, HttpSession
 from tests.conftest import MakeDb
 from tests.http import serve
+from tests.test_litestar import strict_litestar
 from tests.test_sessions_web import Clock
 from tests.waiting import until
 
-pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+pytestmark = [
+    pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True),
+    strict_litestar,
+]
 
 SECRET = "litestar-sessions-test-secret-" + "x" * 32
 

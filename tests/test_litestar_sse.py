@@ -17,8 +17,12 @@ from aegis_shared.events import EventHub
 from aegis_shared.litestar import AegisPlugin, event_stream, last_event_id
 from tests.test_events_retention import check_resync_after_trim
 from tests.test_events_sse import check_bad_last_event_ids, check_resume
+from tests.test_litestar import strict_litestar
 
-pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+pytestmark = [
+    pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True),
+    strict_litestar,
+]
 
 
 def make_app(db: DatabaseManager, hub: EventHub) -> Litestar:

@@ -8,7 +8,9 @@ engine set-up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import sqlite3
 import time
 import uuid
 from collections.abc import Mapping
@@ -307,14 +309,35 @@ class MariaDBProfile(DialectProfile):
             cursor.close()
 
 
+class _RollbackOnClose(sqlite3.Connection):
+    """A sqlite3 connection that ends its open transaction before it closes.
+
+    Why: a task cancelled between a query and its fetch leaves that cursor's statement
+    active, and ``close()`` then only turns the connection into a "zombie" that SQLite
+    frees when the statement is finalized, that is when the garbage collector reaches the
+    orphaned cursor. Until then the zombie keeps its transaction, and with it the write
+    lock: every other writer waits out the busy timeout and fails. The pool closes such a
+    connection when it drops it (a cancellation invalidates it); the rollback here aborts
+    the statement and releases the lock at once.
+    """
+
+    def close(self) -> None:
+        if self.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.rollback()
+        super().close()
+
+
 async def _open_sqlite(*args: Any, **kwargs: Any) -> aiosqlite.Connection:
-    """``aiosqlite.connect``; when it fails, wait until its worker thread has ended.
+    """``aiosqlite.connect`` on :class:`_RollbackOnClose`; when it fails, wait until its
+    worker thread has ended.
 
     Why: on a failed connect aiosqlite stops its thread without waiting for it, and the
     thread then reports back to the event loop. If the loop has closed meanwhile (a
     start-up that fails and exits, a test that ends) the thread dies with "Event loop is
     closed". SQLAlchemy's own creator also makes the thread a daemon; so do we.
     """
+    kwargs.setdefault("factory", _RollbackOnClose)
     connection = aiosqlite.connect(*args, **kwargs)
     thread: Any = getattr(connection, "_thread", connection)  # a Thread itself before 0.22
     thread.daemon = True
@@ -421,12 +444,13 @@ class SQLiteProfile(DialectProfile):
             return statement, parameters
 
         @event.listens_for(engine.sync_engine, "commit")
-        def _on_commit(conn: Connection) -> None:
-            conn.info.pop(_SQLITE_PENDING_BEGIN, None)
-
         @event.listens_for(engine.sync_engine, "rollback")
-        def _on_rollback(conn: Connection) -> None:
-            conn.info.pop(_SQLITE_PENDING_BEGIN, None)
+        def _forget_pending_begin(conn: Connection) -> None:
+            # An invalidated connection (a task cancelled mid-statement) has no info to
+            # read: asking for it raises, which would turn the rollback that ends its
+            # transaction into an error. Its info goes with it anyway.
+            if not conn.invalidated:
+                conn.info.pop(_SQLITE_PENDING_BEGIN, None)
 
 
 _PROFILES: dict[str, type[DialectProfile]] = {
