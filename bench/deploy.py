@@ -18,7 +18,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from bench.common import (
 )
 from bench.http import run_httpx, run_wrk
 from tests import pgbouncer, replication
+from tests.ports import free_port
 
 ROWS = 10_000
 CASES = [
@@ -73,15 +73,9 @@ def _dsn(url: URL) -> str:
     return asyncpg_dsn(url.render_as_string(hide_password=False))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _workers(count: int, env: dict[str, str]) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "uvicorn", "bench.apps.deploy_app:app"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(count)]
     command += ["--log-level", "warning", "--no-access-log"]

@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from bench.common import (
     recreate_database,
     write_results,
 )
+from tests.ports import free_port
 
 APPS = {
     "ours: get_session + ItemRepository.get_one": "bench.apps.ours_app:app",
@@ -71,12 +71,6 @@ class LoadResult:
     tool: str
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _cpus() -> tuple[set[int] | None, set[int] | None]:
     """(CPU for the app, CPUs for the load generator and PostgreSQL), or Nones."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -95,7 +89,7 @@ class App:
     def __init__(self, name: str, target: str, cpus: set[int] | None) -> None:
         self.name = name
         self.target = target
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [
             sys.executable,

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
+from tests.ports import free_port
+
 #: Server connections per (database, user) pair: small, so that a client pool larger than
 #: it makes several clients share one server connection, which is what breaks session state.
 DEFAULT_POOL_SIZE = 4
@@ -30,12 +32,6 @@ def binary() -> str | None:
     return shutil.which("pgbouncer") or (
         "/usr/sbin/pgbouncer" if os.access("/usr/sbin/pgbouncer", os.X_OK) else None
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _logs(workdir: Path) -> str:
@@ -61,7 +57,7 @@ def running(server: URL, *, pool_size: int = DEFAULT_POOL_SIZE) -> Iterator[URL]
     executable = binary()
     if executable is None:
         raise FileNotFoundError(f"pgbouncer is not installed; {INSTALL_HINT}")
-    port = _free_port()
+    port = free_port()
     # Its own directory right under the temporary directory: run as root, pgbouncer drops
     # to the postgres user, who cannot enter pytest's (private) temporary directories.
     workdir = Path(tempfile.mkdtemp(prefix="aegis-pgbouncer-"))

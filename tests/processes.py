@@ -5,7 +5,6 @@ fridge example's live updates across processes, a deployment."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -13,15 +12,10 @@ from pathlib import Path
 
 import httpx
 
+from tests.ports import free_port
+
 #: The repository's root: where ``examples`` and ``tests`` import from.
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on just now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def text_of(log: Path) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.engine import URL
+
+from tests.ports import free_port
 
 INSTALL_HINT = "install PostgreSQL's server binaries (apt-get install postgresql)"
 
@@ -33,12 +34,6 @@ def bindir() -> Path | None:
             return Path(candidate)
     found = shutil.which("initdb")
     return Path(found).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -105,7 +100,7 @@ def primary_and_standby() -> Iterator[Pair]:
     if os.geteuid() == 0:
         shutil.chown(base, "postgres")
     primary_dir, standby_dir = base / "primary", base / "standby"
-    ports = _free_port(), _free_port()
+    ports = free_port(), free_port()
     started: list[Path] = []
     try:
         _as_postgres(

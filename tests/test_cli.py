@@ -27,7 +27,7 @@ from aegis_shared.sessions import SessionStore
 from tests import replication
 from tests.cli_project import REVISION, make_project, url_text
 from tests.conftest import MakeDb
-from tests.processes import free_port
+from tests.ports import free_port
 
 MODEL = "aegis_demo.fridge.models:UserFridgeSession"
 SECRET = "hunter2-not-real"

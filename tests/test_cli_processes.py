@@ -25,7 +25,7 @@ from tests.cli_project import (
     make_project,
     url_text,
 )
-from tests.processes import free_port
+from tests.ports import free_port
 
 SECRET = "n0t-the-pw-4u"
 

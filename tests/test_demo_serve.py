@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from aegis_demo.serve import is_loopback
-from tests.processes import ROOT, free_port
+from tests.ports import free_port
+from tests.processes import ROOT
 
 START_WITHIN = 60.0
 
