@@ -189,15 +189,67 @@ def direct_url(server_urls: dict[str, URL | str], backend: str) -> URL:
 
 
 async def _drop_every_table(manager: DatabaseManager) -> None:
-    """Drop whatever an earlier test (or run) left, whichever metadata it came from."""
+    """Drop whatever an earlier test (or run) left, whichever metadata it came from.
 
-    def drop(connection: Any) -> None:
-        existing = MetaData()
-        existing.reflect(connection)
-        existing.drop_all(connection)
+    Why not ``MetaData.reflect()`` and ``drop_all()``: reflecting every table costs dozens
+    of catalog queries, a fifth of a second per test. PostgreSQL drops the whole ``public``
+    schema (tables, sequences, enum types) in one statement, MariaDB every table and view
+    in one, SQLite each table with foreign keys off (it refuses the order otherwise).
+    """
+    dialect = manager.engine.dialect.name
+    async with manager.engine.connect() as conn:
+        if dialect == "postgresql":
+            await conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+            await conn.execute(text("CREATE SCHEMA public"))
+            await conn.commit()
+            return
+        if dialect in ("mysql", "mariadb"):
+            rows = await conn.execute(
+                text(
+                    "SELECT table_name, table_type FROM information_schema.tables"
+                    " WHERE table_schema = DATABASE()"
+                )
+            )
+            found = {str(name): str(kind) for name, kind in rows}
+            await conn.execute(text("SET FOREIGN_KEY_CHECKS = 0"))
+            for kind, names in (
+                ("VIEW", [n for n, k in found.items() if k == "VIEW"]),
+                ("TABLE", [n for n, k in found.items() if k != "VIEW"]),
+            ):
+                if names:
+                    listed = ", ".join(f"`{name}`" for name in names)
+                    await conn.execute(text(f"DROP {kind} IF EXISTS {listed}"))
+            await conn.execute(text("SET FOREIGN_KEY_CHECKS = 1"))
+            await conn.commit()
+            return
+        # SQLite: PRAGMA foreign_keys only takes effect outside a transaction, so on the
+        # driver's own connection (autocommit; ours begins lazily at the first statement).
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        listed = await raw.execute(
+            "SELECT type, name FROM sqlite_master"
+            " WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%'"
+        )
+        found_sqlite = list(await listed.fetchall())
+        await listed.close()
+        await raw.execute("PRAGMA foreign_keys = OFF")
+        try:
+            for kind, name in found_sqlite:
+                await raw.execute(f'DROP {str(kind).upper()} IF EXISTS "{name}"')
+        finally:
+            await raw.execute("PRAGMA foreign_keys = ON")
+
+
+async def _create_tables(manager: DatabaseManager, metadatas: tuple[MetaData, ...]) -> None:
+    """Every table of ``metadatas``, in one transaction, without asking first whether each
+    exists (the database was just emptied)."""
+
+    def create(connection: Any) -> None:
+        for metadata in metadatas:
+            metadata.create_all(connection, checkfirst=False)
 
     async with manager.engine.begin() as conn:
-        await conn.run_sync(drop)
+        await conn.run_sync(create)
 
 
 MakeDb = Callable[..., Awaitable[DatabaseManager]]
@@ -219,8 +271,7 @@ async def make_db(db_url: URL, through_pgbouncer: bool, direct_url: URL) -> Asyn
         managers.append(manager)
         if not managers[:-1]:
             await _drop_every_table(manager)
-            for metadata in metadatas or (Base.metadata,):
-                await manager.create_all(metadata)
+            await _create_tables(manager, metadatas or (Base.metadata,))
         if default:
             configure_database(manager)
         return manager
