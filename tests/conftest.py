@@ -212,14 +212,16 @@ async def _drop_every_table(manager: DatabaseManager) -> None:
             )
             found = {str(name): str(kind) for name, kind in rows}
             await conn.execute(text("SET FOREIGN_KEY_CHECKS = 0"))
-            for kind, names in (
-                ("VIEW", [n for n, k in found.items() if k == "VIEW"]),
-                ("TABLE", [n for n, k in found.items() if k != "VIEW"]),
-            ):
-                if names:
-                    listed = ", ".join(f"`{name}`" for name in names)
-                    await conn.execute(text(f"DROP {kind} IF EXISTS {listed}"))
-            await conn.execute(text("SET FOREIGN_KEY_CHECKS = 1"))
+            try:  # the connection goes back to the test's pool: checks on again, whatever
+                for kind, names in (
+                    ("VIEW", [n for n, k in found.items() if k == "VIEW"]),
+                    ("TABLE", [n for n, k in found.items() if k != "VIEW"]),
+                ):
+                    if names:
+                        listed = ", ".join(f"`{name}`" for name in names)
+                        await conn.execute(text(f"DROP {kind} IF EXISTS {listed}"))
+            finally:
+                await conn.execute(text("SET FOREIGN_KEY_CHECKS = 1"))
             await conn.commit()
             return
         # SQLite: PRAGMA foreign_keys only takes effect outside a transaction, so on the
