@@ -48,7 +48,7 @@ async def browser() -> AsyncIterator[Browser]:
 @dataclass
 class Problems:
     """What went wrong on the pages watched: console errors, uncaught exceptions, failed
-        requests and error answers. A request the browser cancelled itself (the page left while
+    requests and error answers. A request the browser cancelled itself (the page left while
     it loaded, an event stream closed) is no problem."""
 
     found: list[str] = field(default_factory=list)

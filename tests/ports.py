@@ -30,9 +30,9 @@ def _block() -> int:
 
 _start = FIRST + _block() * BLOCK
 # A random place to begin, so that two runs at once (a developer's and CI's) rarely meet.
-_turns = itertools.cycle(range(_start, _start + BLOCK))
-for _ in range(random.randrange(BLOCK)):
-    next(_turns)
+_turns = itertools.islice(
+    itertools.cycle(range(_start, _start + BLOCK)), random.randrange(BLOCK), None
+)
 
 
 def free_port() -> int:
